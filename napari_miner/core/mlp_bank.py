@@ -1,0 +1,162 @@
+"""A bank of independent per-block SIREN MLPs evaluated together with batched matrix products.
+
+Layer ``l`` of the bank is one weight tensor ``(n_blocks, out, in)`` and one bias tensor
+``(n_blocks, out, 1)``; activations are ``(n_blocks, features, n_pixels)``. The SIREN frequency factor
+``omega_0`` is folded into the stored sine-layer weights, so evaluation is ``sin(W h + b)`` for every
+layer but the last, which is linear. There is no Python loop over blocks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+Params = list[torch.Tensor]
+
+
+def layer_sizes(in_dim: int, width: int, hidden_layers: int, out_dim: int) -> list[tuple[int, int]]:
+    """``(out, in)`` of every linear layer: in→w, (w→w)×hidden_layers, w→out."""
+    return [(width, in_dim)] + [(width, width)] * hidden_layers + [(out_dim, width)]
+
+
+def init_bank(
+    n_blocks: int,
+    in_dim: int,
+    width: int,
+    hidden_layers: int,
+    out_dim: int,
+    omega_0: float,
+    generator: torch.Generator,
+    device: torch.device | str = "cpu",
+) -> tuple[Params, Params]:
+    """SIREN initialisation (Sitzmann et al. 2020) with ``omega_0`` folded into the sine layers.
+
+    Returns
+    -------
+    weights, biases : list of torch.Tensor
+        Per layer, ``(n_blocks, out, in)`` weights and ``(n_blocks, out, 1)`` biases.
+    """
+    sizes = layer_sizes(in_dim, width, hidden_layers, out_dim)
+    weights: Params = []
+    biases: Params = []
+    for index, (n_out, n_in) in enumerate(sizes):
+        if index == 0:
+            w_bound, b_bound = omega_0 / n_in, omega_0 / math.sqrt(n_in)
+        elif index < len(sizes) - 1:
+            w_bound, b_bound = math.sqrt(6 / n_in), omega_0 / math.sqrt(n_in)
+        else:
+            w_bound, b_bound = math.sqrt(6 / n_in) / omega_0, 0.0
+        w = torch.rand((n_blocks, n_out, n_in), generator=generator) * (2 * w_bound) - w_bound
+        b = torch.rand((n_blocks, n_out, 1), generator=generator) * (2 * b_bound) - b_bound
+        weights.append(w.to(device))
+        biases.append(b.to(device))
+    return weights, biases
+
+
+def lr_multipliers(n_layers: int, omega_0: float) -> list[float]:
+    """Learning-rate factor per layer that makes Adam on folded weights match plain SIREN training."""
+    return [omega_0] * (n_layers - 1) + [1.0]
+
+
+def bank_forward(weights: Params, biases: Params, coords: torch.Tensor) -> torch.Tensor:
+    """Evaluate every block's MLP at shared local coordinates.
+
+    Parameters
+    ----------
+    weights, biases : list of torch.Tensor
+        The bank, as returned by :func:`init_bank`.
+    coords : torch.Tensor
+        ``(in_dim, n_pixels)`` local coordinates, the same for every block.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(n_blocks, out_dim, n_pixels)``.
+    """
+    n = weights[0].shape[0]
+    h = torch.baddbmm(biases[0], weights[0], coords.expand(n, *coords.shape))
+    for w, b in zip(weights[1:], biases[1:], strict=True):
+        h = torch.baddbmm(b, w, torch.sin(h))
+    return h
+
+
+def bank_forward_chunked(
+    weights: Params, biases: Params, coords: torch.Tensor, chunk: int = 512
+) -> torch.Tensor:
+    """:func:`bank_forward` without gradients, in chunks of blocks to bound memory."""
+    n = weights[0].shape[0]
+    out_dim = weights[-1].shape[1]
+    out = torch.empty((n, out_dim, coords.shape[1]), device=coords.device, dtype=coords.dtype)
+    with torch.no_grad():
+        for start in range(0, n, chunk):
+            part = slice(start, start + chunk)
+            out[part] = bank_forward([w[part] for w in weights], [b[part] for b in biases], coords)
+    return out
+
+
+def bank_sse_and_grads(
+    weights: Params,
+    biases: Params,
+    coords: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    chunk: int = 16,
+) -> tuple[torch.Tensor, Params, Params]:
+    """Squared error of every block and its gradient, by a hand-written backward pass.
+
+    Blocks are independent, so the bank is processed in chunks of ``chunk`` blocks: on a CPU a chunk's
+    activations stay in cache, which is faster than whole-bank tensors; on a GPU pass a large chunk.
+
+    Parameters
+    ----------
+    weights, biases : list of torch.Tensor
+        The bank (no gradient tracking needed).
+    coords : torch.Tensor
+        ``(in_dim, n_pixels)`` local coordinates shared by all blocks.
+    targets : torch.Tensor
+        ``(n_blocks, out_dim, n_pixels)`` values to fit.
+    mask : torch.Tensor, optional
+        ``(n_blocks, 1, n_pixels)`` weights of the pixels (0 on padding).
+    chunk : int
+        Blocks per chunk.
+
+    Returns
+    -------
+    sse : torch.Tensor
+        ``(n_blocks,)`` sum of (masked) squared errors.
+    grad_weights, grad_biases : list of torch.Tensor
+        Gradients of ``sse.sum() / 2`` with respect to the bank.
+    """
+    n = weights[0].shape[0]
+    n_layers = len(weights)
+    grad_w = [torch.empty_like(w) for w in weights]
+    grad_b = [torch.empty_like(b) for b in biases]
+    sse = torch.empty(n, device=targets.device, dtype=targets.dtype)
+    with torch.no_grad():
+        for start in range(0, n, chunk):
+            part = slice(start, start + chunk)
+            ws = [w[part] for w in weights]
+            k = ws[0].shape[0]
+            inputs = [coords.expand(k, *coords.shape)]
+            pre: list[torch.Tensor] = []
+            for layer in range(n_layers - 1):
+                z = torch.baddbmm(biases[layer][part], ws[layer], inputs[-1])
+                pre.append(z)
+                inputs.append(torch.sin(z))
+            delta = torch.baddbmm(biases[-1][part], ws[-1], inputs[-1]).sub_(targets[part])
+            if mask is not None:
+                delta.mul_(mask[part])
+            sse[part] = delta.square().sum(dim=(1, 2))
+            for layer in range(n_layers - 1, -1, -1):
+                torch.bmm(delta, inputs[layer].transpose(1, 2), out=grad_w[layer][part])
+                torch.sum(delta, dim=2, keepdim=True, out=grad_b[layer][part])
+                if layer == 0:
+                    break
+                delta = torch.bmm(ws[layer].transpose(1, 2), delta).mul_(pre[layer - 1].cos_())
+    return sse, grad_w, grad_b
+
+
+def count_parameters(weights: Params, biases: Params) -> int:
+    """Number of stored scalars (weights and biases) in a bank."""
+    return sum(t.numel() for t in weights) + sum(t.numel() for t in biases)

@@ -1,0 +1,285 @@
+"""The fitted MINER model: per-level block banks, and decoding of any level and any region."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .blocks import BlockGrid, array_from_blocks, local_coordinates
+from .config import MinerConfig
+from .errors import InvalidInputError
+from .layout import InputLayout
+from .mlp_bank import bank_forward_chunked, count_parameters
+from .pyramid import level_shapes, upsample
+
+
+@dataclass(eq=False)
+class LevelParams:
+    """The MLPs of one pyramid level.
+
+    Attributes
+    ----------
+    grid : BlockGrid
+        Block layout of the level.
+    block_ids : torch.Tensor
+        ``(n,)`` int64, sorted flat indices (C order over the block grid) of the blocks with an MLP.
+    weights, biases : list of torch.Tensor
+        The bank of those ``n`` MLPs (see :mod:`napari_miner.core.mlp_bank`).
+    stats : dict
+        Training statistics of the level (plain JSON values).
+    """
+
+    grid: BlockGrid
+    block_ids: torch.Tensor
+    weights: list[torch.Tensor]
+    biases: list[torch.Tensor]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_mlps(self) -> int:
+        """Number of blocks that hold an MLP."""
+        return int(self.block_ids.numel())
+
+    def block_lookup(self) -> torch.Tensor:
+        """``(n_blocks,)`` row of each block in the bank, -1 for blocks without an MLP."""
+        lookup = torch.full((self.grid.n_blocks,), -1, dtype=torch.long)
+        lookup[self.block_ids.cpu()] = torch.arange(self.n_mlps)
+        return lookup
+
+    def active_mask(self) -> np.ndarray:
+        """Boolean mask over the block grid of the blocks with an MLP."""
+        mask = np.zeros(self.grid.n_blocks, dtype=bool)
+        mask[self.block_ids.cpu().numpy()] = True
+        return mask.reshape(self.grid.grid_shape)
+
+    def to(self, device: torch.device | str) -> LevelParams:
+        """Copy of the level on ``device``."""
+        return LevelParams(
+            self.grid,
+            self.block_ids.to(device),
+            [w.detach().to(device) for w in self.weights],
+            [b.detach().to(device) for b in self.biases],
+            dict(self.stats),
+        )
+
+
+class MinerModel:
+    """A fitted multiscale implicit neural representation.
+
+    Level ``j`` of the model is the signal at ``1 / 2**j`` resolution (spatial shape
+    ``ceil(shape / 2**j)``): the coarsest level's MLPs give the signal, every finer level adds its
+    MLPs' residual to the ×2 upsampled coarser estimate.
+
+    Parameters
+    ----------
+    layout : InputLayout
+        Shape, dtype, channel layout and value range of the fitted input.
+    config : MinerConfig
+        Settings the model was fitted with.
+    levels : list of LevelParams
+        One entry per level, level 0 (full resolution) first.
+    metadata : dict, optional
+        Fit statistics and provenance (plain JSON values).
+    """
+
+    def __init__(
+        self,
+        layout: InputLayout,
+        config: MinerConfig,
+        levels: Sequence[LevelParams],
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self.layout = layout
+        self.config = config
+        self.levels = [level.to("cpu") for level in levels]
+        self.metadata = dict(metadata or {})
+        self._lookups = [level.block_lookup() for level in self.levels]
+        self._coords = local_coordinates(config.block_size, len(layout.spatial_shape))
+
+    # ----------------------------------------------------------------- description
+    @property
+    def n_levels(self) -> int:
+        """Number of pyramid levels (level 0 = full resolution)."""
+        return len(self.levels)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the fitted input (and of ``decode(level=0)``)."""
+        return self.layout.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        """Dtype of the fitted input (and of every decode)."""
+        return np.dtype(self.layout.dtype)
+
+    @property
+    def is_rgb(self) -> bool:
+        """Whether the input was RGB(A)."""
+        return self.layout.rgb
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        """``(min, max)`` of the input values."""
+        return (self.layout.value_min, self.layout.value_max)
+
+    @property
+    def n_parameters(self) -> int:
+        """Every stored weight and bias, all levels together."""
+        return sum(count_parameters(lv.weights, lv.biases) for lv in self.levels)
+
+    def level_shape(self, level: int) -> tuple[int, ...]:
+        """Spatial shape of ``level``."""
+        return self.levels[self._check_level(level)].grid.shape
+
+    def decoded_shape(self, level: int) -> tuple[int, ...]:
+        """Array shape of ``decode(level)``: spatial axes of that level, channel axis as the input."""
+        shape = list(self.level_shape(level))
+        if self.layout.channel_axis is not None:
+            shape.insert(self.layout.channel_axis, self.layout.n_channels)
+        return tuple(shape)
+
+    def __repr__(self) -> str:
+        return (
+            f"MinerModel(shape={self.shape}, dtype={self.dtype}, levels={self.n_levels}, "
+            f"parameters={self.n_parameters})"
+        )
+
+    # --------------------------------------------------------------------- decoding
+    def decode(
+        self,
+        level: int = 0,
+        region: Sequence[slice] | None = None,
+        device: torch.device | str = "cpu",
+    ) -> np.ndarray:
+        """Decode a level, or a region of it, to an array like the input.
+
+        Parameters
+        ----------
+        level : int
+            Pyramid level; 0 is full resolution, level ``j`` has sides ``ceil(shape / 2**j)``.
+        region : tuple of slice, optional
+            One slice per spatial axis (in level-``j`` pixels, step 1). Only the blocks that
+            intersect the region, and the coarser blocks beneath them, are evaluated.
+        device : str or torch.device
+            Where to evaluate the MLPs.
+
+        Returns
+        -------
+        numpy.ndarray
+            Same dtype, value range and axis order as the input; spatial shape of the region.
+        """
+        normalized = self.decode_normalized(level, region, device)
+        return self.layout.denormalize(normalized)
+
+    def decode_normalized(
+        self,
+        level: int = 0,
+        region: Sequence[slice] | None = None,
+        device: torch.device | str = "cpu",
+    ) -> torch.Tensor:
+        """Like :meth:`decode` but returns the normalised ``(C, *spatial)`` float32 tensor."""
+        level = self._check_level(level)
+        bounds = self._region_bounds(level, region)
+        with torch.no_grad():
+            return self._estimate(level, bounds, torch.device(device))
+
+    def _check_level(self, level: int) -> int:
+        if not isinstance(level, int | np.integer) or not 0 <= level < self.n_levels:
+            raise InvalidInputError(
+                f"level must be an integer in [0, {self.n_levels - 1}], got {level!r}"
+            )
+        return int(level)
+
+    def _region_bounds(self, level: int, region: Sequence[slice] | None) -> list[tuple[int, int]]:
+        shape = self.levels[level].grid.shape
+        if region is None:
+            return [(0, s) for s in shape]
+        if not isinstance(region, Sequence) or len(region) != len(shape):
+            raise InvalidInputError(
+                f"region must be a tuple of {len(shape)} slices (one per spatial axis), got {region!r}"
+            )
+        bounds = []
+        for r, s in zip(region, shape, strict=True):
+            if not isinstance(r, slice):
+                raise InvalidInputError(f"region entries must be slices, got {r!r}")
+            start, stop, step = r.indices(s)
+            if step != 1 or stop <= start:
+                raise InvalidInputError(
+                    f"region slice {r} is empty or has a step for a side of {s}"
+                )
+            bounds.append((start, stop))
+        return bounds
+
+    def _estimate(
+        self, level: int, bounds: list[tuple[int, int]], device: torch.device
+    ) -> torch.Tensor:
+        residual = self._residual(level, bounds, device)
+        if level == self.n_levels - 1:
+            return residual
+        parent_shape = self.levels[level + 1].grid.shape
+        parent_bounds = [
+            (max(lo // 2 - 1, 0), min(-(-hi // 2) + 1, s))
+            for (lo, hi), s in zip(bounds, parent_shape, strict=True)
+        ]
+        parent = self._estimate(level + 1, parent_bounds, device)
+        up = upsample(parent, [2 * (hi - lo) for lo, hi in parent_bounds])
+        crop = tuple(
+            slice(lo - 2 * plo, hi - 2 * plo)
+            for (lo, hi), (plo, _) in zip(bounds, parent_bounds, strict=True)
+        )
+        return up[(slice(None),) + crop] + residual
+
+    def _residual(
+        self, level: int, bounds: list[tuple[int, int]], device: torch.device
+    ) -> torch.Tensor:
+        params = self.levels[level]
+        grid = params.grid
+        b = grid.block_size
+        ranges = grid.block_range([slice(lo, hi) for lo, hi in bounds])
+        sub_grid = [hi - lo for lo, hi in ranges]
+        axes = [torch.arange(lo, hi) for lo, hi in ranges]
+        mesh = torch.meshgrid(*axes, indexing="ij")
+        flat = torch.zeros_like(mesh[0])
+        for axis, m in enumerate(mesh):
+            flat = flat * grid.grid_shape[axis] + m
+        rows = self._lookups[level][flat.reshape(-1)]
+        present = rows >= 0
+        n_channels = self.layout.n_channels
+        values = torch.zeros((rows.numel(), n_channels, grid.block_pixels), device=device)
+        if bool(present.any()):
+            take = rows[present]
+            weights = [w[take].to(device) for w in params.weights]
+            biases = [bias[take].to(device) for bias in params.biases]
+            values[present.to(device)] = bank_forward_chunked(
+                weights, biases, self._coords.to(device)
+            )
+        array = array_from_blocks(values, sub_grid, b)
+        crop = tuple(
+            slice(lo - r0 * b, hi - r0 * b)
+            for (lo, hi), (r0, _) in zip(bounds, ranges, strict=True)
+        )
+        return array[(slice(None),) + crop]
+
+
+def empty_levels(shape: Sequence[int], config: MinerConfig, n_channels: int) -> list[LevelParams]:
+    """Levels without any MLP (a model that decodes to zeros), the starting point of a fit."""
+    from .mlp_bank import layer_sizes
+
+    levels = []
+    for j, level_shape in enumerate(level_shapes(shape, config.n_levels)):
+        sizes = layer_sizes(len(shape), config.width_at(j), config.hidden_layers, n_channels)
+        weights = [torch.zeros((0, o, i)) for o, i in sizes]
+        biases = [torch.zeros((0, o, 1)) for o, _ in sizes]
+        levels.append(
+            LevelParams(
+                BlockGrid(level_shape, config.block_size),
+                torch.zeros(0, dtype=torch.long),
+                weights,
+                biases,
+            )
+        )
+    return levels

@@ -1,0 +1,324 @@
+"""Coarse-to-fine MINER training.
+
+The coarsest level fits the area-downsampled signal; every finer level fits the residual between its
+target and the ×2 upsampled estimate of the level below. Within a level every block has its own MLP:
+
+* pruning before training: a block whose residual mean square is below ``prune_threshold`` gets none;
+* each block's residual is divided by its RMS while training (folded back into the last layer after),
+  so one learning rate suits blocks of any amplitude;
+* pruning at convergence: every ``check_every`` steps the exact MSE of each block is evaluated and
+  blocks below ``retire_mse`` retire: their weights are stored and dropped, with their Adam moments,
+  from the optimised tensors;
+* a level ends when all its blocks retired, its MSE plateaus, or at ``max_steps``; the fit ends early
+  once the full-resolution reconstruction reaches ``target_psnr``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+
+import torch
+
+from .adam import CompactAdam
+from .blocks import BlockGrid, local_coordinates
+from .config import MinerConfig
+from .events import Event, Finished, Progress, ScaleFinished, ScaleStarted
+from .layout import InputLayout
+from .metrics import psnr_from_mse
+from .mlp_bank import bank_forward_chunked, bank_sse_and_grads, init_bank, lr_multipliers
+from .model import LevelParams, MinerModel, empty_levels
+from .pyramid import gaussian_targets, upsample
+
+
+class _Stopwatch:
+    """Accumulates time while running; paused while the consumer holds an event."""
+
+    def __init__(self, device: torch.device) -> None:
+        self._device = device
+        self._total = 0.0
+        self._since: float | None = None
+
+    def start(self) -> None:
+        self._since = time.perf_counter()
+
+    def pause(self) -> float:
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
+        if self._since is not None:
+            self._total += time.perf_counter() - self._since
+            self._since = None
+        return self._total
+
+    @property
+    def elapsed(self) -> float:
+        running = 0.0 if self._since is None else time.perf_counter() - self._since
+        return self._total + running
+
+
+class MinerTrainer:
+    """Fits a MINER model to a normalised signal, yielding progress events.
+
+    Parameters
+    ----------
+    signal : torch.Tensor
+        ``(C, *spatial)`` float32 values in [0, 1] (see :class:`~napari_miner.core.layout.InputLayout`).
+    layout : InputLayout
+        Layout of the original input, stored with the model.
+    config : MinerConfig
+        Training settings.
+    device : torch.device
+        Where to train.
+    """
+
+    def __init__(
+        self, signal: torch.Tensor, layout: InputLayout, config: MinerConfig, device: torch.device
+    ) -> None:
+        config.check_shape(layout.spatial_shape)
+        self.layout = layout
+        self.config = config
+        self.device = device
+        self.signal = signal.to(device)
+        self.levels: list[LevelParams] = empty_levels(layout.spatial_shape, config, signal.shape[0])
+        self._generator = torch.Generator().manual_seed(config.seed)
+        self._coords = local_coordinates(config.block_size, signal.ndim - 1, device)
+        self._clock = _Stopwatch(device)
+        # blocks per chunk of the training step: cache-sized on CPUs, the whole bank on GPUs
+        self._chunk = 16 if device.type == "cpu" else 1 << 20
+        self._current: tuple[int, CompactAdam, torch.Tensor, torch.Tensor] | None = None
+
+    # ---------------------------------------------------------------------- public
+    def model(self) -> MinerModel:
+        """The model as trained so far (also mid-level: active blocks at their current weights)."""
+        levels = list(self.levels)
+        if self._current is not None:
+            j, optimizer, rows, scale = self._current
+            levels[j] = _with_active(levels[j], optimizer, rows, scale)
+        return MinerModel(self.layout, self.config, levels, self._metadata())
+
+    @property
+    def training_rows(self) -> tuple[int, torch.Tensor] | None:
+        """``(level, bank rows)`` of the blocks still being optimised, or ``None`` between levels."""
+        if self._current is None:
+            return None
+        j, _, rows, _ = self._current
+        return j, rows.clone()
+
+    def run(self) -> Iterator[Event]:
+        """Train coarse to fine; yields :mod:`~napari_miner.core.events` and ends with ``Finished``."""
+        cfg = self.config
+        targets = gaussian_targets(self.signal, cfg.n_levels)
+        estimate: torch.Tensor | None = None
+        reason = "completed"
+        final_mse = math.nan
+        self._clock.start()
+        for j in reversed(range(cfg.n_levels)):
+            target = targets[j]
+            base = (
+                torch.zeros_like(target)
+                if estimate is None
+                else upsample(estimate, target.shape[1:])
+            )
+            level_events = self._train_level(j, target - base)
+            reached = False
+            for event in level_events:
+                if isinstance(event, bool):
+                    reached = event
+                    continue
+                self._clock.pause()
+                yield event
+                self._clock.start()
+            level = self.levels[j]
+            residual = self._decode_level_residual(level, target.shape[0])
+            estimate = base + residual
+            final_mse = float(torch.mean((estimate - target) ** 2))
+            level.stats["psnr"] = psnr_from_mse(final_mse)
+            level.stats["elapsed_s"] = self._clock.elapsed
+            self._clock.pause()
+            yield ScaleFinished(
+                level=j,
+                reconstruction=estimate.movedim(0, -1).cpu().numpy(),
+                active_mask=level.active_mask(),
+                psnr=level.stats["psnr"],
+                elapsed_s=level.stats["elapsed_s"],
+                steps=int(level.stats.get("steps", 0)),
+            )
+            self._clock.start()
+            if reached:
+                reason = "target"
+                break
+        if reason == "target":
+            final_estimate = self.model().decode_normalized(0, device=self.device)
+            final_mse = float(torch.mean((final_estimate - targets[0]) ** 2))
+        elapsed = self._clock.pause()
+        yield Finished(self.model(), psnr_from_mse(final_mse), elapsed, reason)
+
+    # -------------------------------------------------------------------- internals
+    def _metadata(self) -> dict:
+        return {"elapsed_s": self._clock.elapsed}
+
+    def _decode_level_residual(self, level: LevelParams, n_channels: int) -> torch.Tensor:
+        grid = level.grid
+        values = torch.zeros((grid.n_blocks, n_channels, grid.block_pixels), device=self.device)
+        if level.n_mlps:
+            values[level.block_ids] = bank_forward_chunked(
+                level.weights, level.biases, self._coords
+            )
+        return grid.fold(values)
+
+    def _train_level(self, j: int, residual: torch.Tensor) -> Iterator[Event | bool]:
+        """Train level ``j`` on ``residual``; yields events, and ``True`` when the target is reached."""
+        cfg = self.config
+        grid = BlockGrid(tuple(residual.shape[1:]), cfg.block_size)
+        blocks = grid.unfold(residual)
+        mask = grid.valid_mask(self.device)
+        n_channels = blocks.shape[1]
+        counts = mask.sum(dim=(1, 2)) * n_channels
+        energy = (blocks.square() * mask).sum(dim=(1, 2)) / counts
+        block_ids = torch.nonzero(energy > cfg.prune_threshold).flatten()
+        n = block_ids.numel()
+        weights, biases = init_bank(
+            n,
+            grid.ndim,
+            cfg.width_at(j),
+            cfg.hidden_layers,
+            n_channels,
+            cfg.omega_0,
+            self._generator,
+            self.device,
+        )
+        level = LevelParams(
+            grid, block_ids, weights, biases, {"n_blocks": grid.n_blocks, "n_mlps": n}
+        )
+        self.levels[j] = level
+        yield ScaleStarted(level=j, n_blocks=grid.n_blocks, n_active=n)
+        if n == 0:
+            level.stats["steps"] = 0
+            return
+
+        scale = energy[block_ids].sqrt()
+        block_mse = energy.clone()  # pruned blocks keep their residual energy as error
+        total_count = counts.sum()
+        rows = torch.arange(n, device=self.device)  # bank rows still optimised
+        # the still-optimised blocks' targets (divided by their RMS), masks and scales, compacted
+        goals = blocks[block_ids] / scale[:, None, None]
+        masks = None if bool(mask.all()) else mask[block_ids]
+        scales_sq = scale.square()
+        n_layers = len(weights)
+        optimizer = CompactAdam(weights + biases, lr_multipliers(n_layers, cfg.omega_0) * 2)
+        self._current = (j, optimizer, rows, scale)
+        pixels = grid.block_pixels
+        n_sample = max(1, round(cfg.pixel_fraction * pixels))
+        previous_mse: float | None = None
+        step = 0
+        reached = False
+        while step < cfg.max_steps and rows.numel():
+            coords, goal, weight = self._coords, goals, masks
+            if n_sample < pixels:
+                pick = torch.randperm(pixels, generator=self._generator)[:n_sample].sort().values
+                pick = pick.to(self.device)
+                coords, goal = coords[:, pick], goal[:, :, pick]
+                weight = None if weight is None else weight[:, :, pick]
+            params = optimizer.params
+            sse, grad_w, grad_b = bank_sse_and_grads(
+                params[:n_layers], params[n_layers:], coords, goal, weight, self._chunk
+            )
+            optimizer.step(grad_w + grad_b, cfg.learning_rate * cfg.lr_decay**step)
+            step += 1
+
+            if step % cfg.progress_every == 0:
+                # the step's own (sampled, pre-update) block errors: cheap, and close enough to report
+                seen = coords.shape[1] if weight is None else weight.sum(dim=(1, 2)).clamp_min(1)
+                block_mse[block_ids[rows]] = sse / (seen * n_channels) * scales_sq
+                level_mse = float((block_mse * counts).sum() / total_count)
+                yield Progress(
+                    j,
+                    step,
+                    level_mse,
+                    psnr_from_mse(level_mse),
+                    int(rows.numel()),
+                    self._clock.elapsed,
+                )
+            if step % cfg.check_every and step != cfg.max_steps:
+                continue
+            exact = self._exact_mse(optimizer, goals, masks, n_channels) * scales_sq
+            block_mse[block_ids[rows]] = exact
+            level_mse = float((block_mse * counts).sum() / total_count)
+            retire = exact < cfg.retire_mse
+            if bool(retire.any()):
+                self._store(level, optimizer, rows, scale, retire)
+                keep = torch.nonzero(~retire).flatten()
+                optimizer.keep(keep)
+                rows, goals, scales_sq = rows[keep], goals[keep], scales_sq[keep]
+                masks = None if masks is None else masks[keep]
+                self._current = (j, optimizer, rows, scale)
+            if j == 0 and psnr_from_mse(level_mse) >= cfg.target_psnr:
+                reached = True
+                break
+            if (
+                previous_mse is not None
+                and previous_mse - level_mse < cfg.plateau_rel_tol * previous_mse
+            ):
+                break
+            previous_mse = level_mse
+        if rows.numel():
+            self._store(level, optimizer, rows, scale, torch.ones_like(rows, dtype=torch.bool))
+        level.stats["steps"] = step
+        self._current = None
+        if reached:
+            yield True
+
+    def _exact_mse(
+        self,
+        optimizer: CompactAdam,
+        goals: torch.Tensor,
+        masks: torch.Tensor | None,
+        n_channels: int,
+    ) -> torch.Tensor:
+        """Exact MSE of every optimised block on all its real pixels (in RMS-normalised units)."""
+        n_layers = len(optimizer.params) // 2
+        params = optimizer.params
+        out = bank_forward_chunked(params[:n_layers], params[n_layers:], self._coords)
+        sq = (out - goals).square()
+        if masks is None:
+            return sq.mean(dim=(1, 2))
+        return (sq * masks).sum(dim=(1, 2)) / (masks.sum(dim=(1, 2)) * n_channels)
+
+    @staticmethod
+    def _store(
+        level: LevelParams,
+        optimizer: CompactAdam,
+        rows: torch.Tensor,
+        scale: torch.Tensor,
+        which: torch.Tensor,
+    ) -> None:
+        """Write the selected optimised blocks, RMS scale folded in, into the level's bank."""
+        n_layers = len(level.weights)
+        params = [p.detach() for p in optimizer.params]
+        target_rows = rows[which]
+        s = scale[target_rows]
+        for layer in range(n_layers):
+            w, b = params[layer][which], params[n_layers + layer][which]
+            if layer == n_layers - 1:
+                w, b = w * s[:, None, None], b * s[:, None, None]
+            level.weights[layer][target_rows] = w
+            level.biases[layer][target_rows] = b
+
+
+def _with_active(
+    level: LevelParams, optimizer: CompactAdam, rows: torch.Tensor, scale: torch.Tensor
+) -> LevelParams:
+    """Copy of ``level`` whose still-optimised rows hold their current weights."""
+    snapshot = LevelParams(
+        level.grid,
+        level.block_ids,
+        [w.clone() for w in level.weights],
+        [b.clone() for b in level.biases],
+        dict(level.stats),
+    )
+    if rows.numel():
+        MinerTrainer._store(
+            snapshot, optimizer, rows, scale, torch.ones_like(rows, dtype=torch.bool)
+        )
+    return snapshot
