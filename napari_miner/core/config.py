@@ -9,6 +9,9 @@ from typing import Any
 
 from .errors import ConfigError
 
+REFERENCE_WIDTH = 18
+"""MLP width for which ``MinerConfig.learning_rate`` is given."""
+
 
 @dataclass(frozen=True)
 class MinerConfig:
@@ -32,7 +35,8 @@ class MinerConfig:
     omega_0 : float
         SIREN frequency factor of the sine layers.
     learning_rate : float
-        Adam learning rate at the start of each level.
+        Adam learning rate at the start of each level, for MLPs of width 18; other widths use
+        ``learning_rate * sqrt(18 / width)`` (wider sine layers need smaller steps to stay stable).
     lr_decay : float
         Learning rate is multiplied by this every step.
     max_steps : int
@@ -43,13 +47,21 @@ class MinerConfig:
         A block retires once its MSE is below this; ``None`` derives it from ``target_psnr``
         (half the target's MSE, so that retired blocks leave headroom for the rest).
     prune_mse : float or None
-        A block whose residual mean square is below this gets no MLP; ``None`` = ``block_target_mse``.
+        A block whose residual mean square is below this gets no MLP. ``None`` (default) prunes by
+        budget instead, see ``prune_budget``.
+    prune_budget : float
+        Without ``prune_mse``: the lowest-energy blocks of a level get no MLP as long as their
+        summed squared residual stays within this fraction of the target's error (the MSE of
+        ``target_psnr``) over the whole level.
     pixel_fraction : float
         Fraction of each block's pixels used per optimisation step (1 = all).
     check_every : int
         Steps between exact convergence checks (block retirement, plateau, target).
     plateau_rel_tol : float
-        A level ends when its MSE improved by less than this fraction over ``check_every`` steps.
+        A coarse level ends when its MSE improved by less than this fraction over ``check_every``
+        steps (finer levels correct what a coarse level leaves, so coarse levels need not polish).
+    final_plateau_rel_tol : float
+        The same for level 0, whose error is the final error.
     progress_every : int
         Steps between :class:`~napari_miner.core.events.Progress` events.
     seed : int
@@ -60,7 +72,7 @@ class MinerConfig:
     block_size: int = 32
     hidden_width: int = 18
     hidden_layers: int = 2
-    coarsest_width_factor: int = 4
+    coarsest_width_factor: int = 2
     omega_0: float = 20.0
     learning_rate: float = 1e-2
     lr_decay: float = 0.99
@@ -68,9 +80,11 @@ class MinerConfig:
     target_psnr: float = 40.0
     block_target_mse: float | None = None
     prune_mse: float | None = None
+    prune_budget: float = 0.5
     pixel_fraction: float = 1.0
     check_every: int = 25
-    plateau_rel_tol: float = 0.01
+    plateau_rel_tol: float = 0.05
+    final_plateau_rel_tol: float = 0.01
     progress_every: int = 10
     seed: int = 0
 
@@ -94,6 +108,10 @@ class MinerConfig:
         if not 0 < self.pixel_fraction <= 1:
             raise ConfigError(
                 f"MinerConfig.pixel_fraction must be in (0, 1], got {self.pixel_fraction!r}"
+            )
+        if not 0 <= self.prune_budget <= 1:
+            raise ConfigError(
+                f"MinerConfig.prune_budget must be in [0, 1], got {self.prune_budget!r}"
             )
         if self.plateau_rel_tol < 0:
             raise ConfigError(
@@ -122,11 +140,6 @@ class MinerConfig:
             return self.block_target_mse
         return 0.5 * 10.0 ** (-self.target_psnr / 10.0)
 
-    @property
-    def prune_threshold(self) -> float:
-        """Residual mean square below which a block gets no MLP (normalised units)."""
-        return self.retire_mse if self.prune_mse is None else self.prune_mse
-
     def check_shape(self, spatial_shape: tuple[int, ...]) -> None:
         """Raise :class:`ConfigError` if the settings cannot work for a signal of this spatial shape."""
         smallest = min(spatial_shape)
@@ -148,6 +161,10 @@ class MinerConfig:
         if level == self.n_levels - 1:
             return self.hidden_width * self.coarsest_width_factor
         return self.hidden_width
+
+    def learning_rate_at(self, level: int) -> float:
+        """Initial learning rate at ``level``, scaled for the level's MLP width."""
+        return self.learning_rate * math.sqrt(REFERENCE_WIDTH / self.width_at(level))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON dictionary of the settings."""

@@ -3,7 +3,7 @@
 The coarsest level fits the area-downsampled signal; every finer level fits the residual between its
 target and the ×2 upsampled estimate of the level below. Within a level every block has its own MLP:
 
-* pruning before training: a block whose residual mean square is below ``prune_threshold`` gets none;
+* pruning before training: the lowest-energy blocks get none (see :func:`blocks_to_train`);
 * each block's residual is divided by its RMS while training (folded back into the last layer after),
   so one learning rate suits blocks of any amplitude;
 * pruning at convergence: every ``check_every`` steps the exact MSE of each block is evaluated and
@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -86,15 +87,15 @@ class MinerTrainer:
         self._clock = _Stopwatch(device)
         # blocks per chunk of the training step: cache-sized on CPUs, the whole bank on GPUs
         self._chunk = 16 if device.type == "cpu" else 1 << 20
-        self._current: tuple[int, CompactAdam, torch.Tensor, torch.Tensor] | None = None
+        self._current: tuple[int, CompactAdam, torch.Tensor, _Standardization] | None = None
 
     # ---------------------------------------------------------------------- public
     def model(self) -> MinerModel:
         """The model as trained so far (also mid-level: active blocks at their current weights)."""
         levels = list(self.levels)
         if self._current is not None:
-            j, optimizer, rows, scale = self._current
-            levels[j] = _with_active(levels[j], optimizer, rows, scale)
+            j, optimizer, rows, norm = self._current
+            levels[j] = _with_active(levels[j], optimizer, rows, norm)
         return MinerModel(self.layout, self.config, levels, self._metadata())
 
     @property
@@ -148,9 +149,6 @@ class MinerTrainer:
             if reached:
                 reason = "target"
                 break
-        if reason == "target":
-            final_estimate = self.model().decode_normalized(0, device=self.device)
-            final_mse = float(torch.mean((final_estimate - targets[0]) ** 2))
         elapsed = self._clock.pause()
         yield Finished(self.model(), psnr_from_mse(final_mse), elapsed, reason)
 
@@ -176,7 +174,7 @@ class MinerTrainer:
         n_channels = blocks.shape[1]
         counts = mask.sum(dim=(1, 2)) * n_channels
         energy = (blocks.square() * mask).sum(dim=(1, 2)) / counts
-        block_ids = torch.nonzero(energy > cfg.prune_threshold).flatten()
+        block_ids = blocks_to_train(energy, counts, cfg)
         n = block_ids.numel()
         weights, biases = init_bank(
             n,
@@ -197,17 +195,26 @@ class MinerTrainer:
             level.stats["steps"] = 0
             return
 
-        scale = energy[block_ids].sqrt()
+        # each block's residual is standardised (mean removed per channel, divided by its RMS) while
+        # it trains; both are folded back into the last layer when the block is stored
+        chosen, chosen_mask = blocks[block_ids], mask[block_ids]
+        offset = (chosen * chosen_mask).sum(dim=2) / chosen_mask.sum(dim=2)
+        centered = chosen - offset[:, :, None]
+        spread = ((centered.square() * chosen_mask).sum(dim=(1, 2)) / counts[block_ids]).sqrt()
+        scale = spread.clamp_min(1e-6)
+        norm = _Standardization(scale, offset)
         block_mse = energy.clone()  # pruned blocks keep their residual energy as error
         total_count = counts.sum()
         rows = torch.arange(n, device=self.device)  # bank rows still optimised
         # the still-optimised blocks' targets (divided by their RMS), masks and scales, compacted
-        goals = blocks[block_ids] / scale[:, None, None]
+        goals = centered / scale[:, None, None]
         masks = None if bool(mask.all()) else mask[block_ids]
         scales_sq = scale.square()
         n_layers = len(weights)
         optimizer = CompactAdam(weights + biases, lr_multipliers(n_layers, cfg.omega_0) * 2)
-        self._current = (j, optimizer, rows, scale)
+        self._current = (j, optimizer, rows, norm)
+        base_lr = cfg.learning_rate_at(j)
+        plateau = cfg.final_plateau_rel_tol if j == 0 else cfg.plateau_rel_tol
         pixels = grid.block_pixels
         n_sample = max(1, round(cfg.pixel_fraction * pixels))
         previous_mse: float | None = None
@@ -224,7 +231,7 @@ class MinerTrainer:
             sse, grad_w, grad_b = bank_sse_and_grads(
                 params[:n_layers], params[n_layers:], coords, goal, weight, self._chunk
             )
-            optimizer.step(grad_w + grad_b, cfg.learning_rate * cfg.lr_decay**step)
+            optimizer.step(grad_w + grad_b, base_lr * cfg.lr_decay**step)
             step += 1
 
             if step % cfg.progress_every == 0:
@@ -247,23 +254,20 @@ class MinerTrainer:
             level_mse = float((block_mse * counts).sum() / total_count)
             retire = exact < cfg.retire_mse
             if bool(retire.any()):
-                self._store(level, optimizer, rows, scale, retire)
+                self._store(level, optimizer, rows, norm, retire)
                 keep = torch.nonzero(~retire).flatten()
                 optimizer.keep(keep)
                 rows, goals, scales_sq = rows[keep], goals[keep], scales_sq[keep]
                 masks = None if masks is None else masks[keep]
-                self._current = (j, optimizer, rows, scale)
+                self._current = (j, optimizer, rows, norm)
             if j == 0 and psnr_from_mse(level_mse) >= cfg.target_psnr:
                 reached = True
                 break
-            if (
-                previous_mse is not None
-                and previous_mse - level_mse < cfg.plateau_rel_tol * previous_mse
-            ):
+            if previous_mse is not None and previous_mse - level_mse < plateau * previous_mse:
                 break
             previous_mse = level_mse
         if rows.numel():
-            self._store(level, optimizer, rows, scale, torch.ones_like(rows, dtype=torch.bool))
+            self._store(level, optimizer, rows, norm, torch.ones_like(rows, dtype=torch.bool))
         level.stats["steps"] = step
         self._current = None
         if reached:
@@ -290,24 +294,32 @@ class MinerTrainer:
         level: LevelParams,
         optimizer: CompactAdam,
         rows: torch.Tensor,
-        scale: torch.Tensor,
+        norm: _Standardization,
         which: torch.Tensor,
     ) -> None:
-        """Write the selected optimised blocks, RMS scale folded in, into the level's bank."""
+        """Write the selected optimised blocks, standardisation folded in, into the level's bank."""
         n_layers = len(level.weights)
-        params = [p.detach() for p in optimizer.params]
+        params = optimizer.params
         target_rows = rows[which]
-        s = scale[target_rows]
+        scale = norm.scale[target_rows][:, None, None]
         for layer in range(n_layers):
             w, b = params[layer][which], params[n_layers + layer][which]
             if layer == n_layers - 1:
-                w, b = w * s[:, None, None], b * s[:, None, None]
+                w, b = w * scale, b * scale + norm.offset[target_rows][:, :, None]
             level.weights[layer][target_rows] = w
             level.biases[layer][target_rows] = b
 
 
+@dataclass(frozen=True)
+class _Standardization:
+    """Per-block ``scale`` (n,) and per-block, per-channel ``offset`` (n, C) of the training targets."""
+
+    scale: torch.Tensor
+    offset: torch.Tensor
+
+
 def _with_active(
-    level: LevelParams, optimizer: CompactAdam, rows: torch.Tensor, scale: torch.Tensor
+    level: LevelParams, optimizer: CompactAdam, rows: torch.Tensor, norm: _Standardization
 ) -> LevelParams:
     """Copy of ``level`` whose still-optimised rows hold their current weights."""
     snapshot = LevelParams(
@@ -319,6 +331,27 @@ def _with_active(
     )
     if rows.numel():
         MinerTrainer._store(
-            snapshot, optimizer, rows, scale, torch.ones_like(rows, dtype=torch.bool)
+            snapshot, optimizer, rows, norm, torch.ones_like(rows, dtype=torch.bool)
         )
     return snapshot
+
+
+def blocks_to_train(
+    energy: torch.Tensor, counts: torch.Tensor, config: MinerConfig
+) -> torch.Tensor:
+    """Indices of the blocks that get an MLP (pruning before training).
+
+    With ``config.prune_mse`` set, blocks whose residual mean square exceeds it. Otherwise the
+    lowest-energy blocks are pruned for as long as their summed squared residual stays within
+    ``prune_budget`` of the level's error allowance (``10**(-target_psnr/10)`` per value): the
+    pruned blocks then cost at most that fraction of the target error.
+    """
+    if config.prune_mse is not None:
+        return torch.nonzero(energy > config.prune_mse).flatten()
+    allowance = config.prune_budget * 10.0 ** (-config.target_psnr / 10.0) * float(counts.sum())
+    order = torch.argsort(energy)
+    spent = torch.cumsum((energy * counts)[order].double(), dim=0)
+    n_pruned = int(
+        torch.searchsorted(spent, torch.tensor([allowance], dtype=spent.dtype), right=True)
+    )
+    return torch.sort(order[n_pruned:]).values

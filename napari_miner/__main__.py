@@ -1,0 +1,173 @@
+"""``python -m napari_miner``: fit a sample image with MINER and browse its levels in napari.
+
+Examples
+--------
+python -m napari_miner                                  # astronaut, default config, napari window
+python -m napari_miner --image camera --max-steps 200   # a shorter demo
+python -m napari_miner --screenshot miner.png           # save the canvas and exit
+
+On Linux without a display (no ``DISPLAY``/``WAYLAND_DISPLAY``) the command re-runs itself
+under ``xvfb-run`` when that is installed, and then saves a screenshot instead of opening an
+interactive window (which nobody could see).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+IMAGES = ("astronaut", "retina", "camera")
+HEADLESS_SCREENSHOT = "napari-miner-screenshot.png"
+_REEXEC_FLAG = "NAPARI_MINER_UNDER_XVFB"
+
+
+def load_image(name: str) -> np.ndarray:
+    """Return the named demo image (see ``IMAGES``)."""
+    from napari_miner._napari import sample_data
+
+    if name == "astronaut":
+        return sample_data.astronaut_image()
+    if name == "retina":
+        return sample_data.retina_image()
+    if name == "camera":
+        from skimage import data
+
+        return data.camera()
+    raise ValueError(f"unknown image {name!r}; choose one of {', '.join(IMAGES)}")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m napari_miner",
+        description="Fit a sample image with MINER and show every pyramid level in napari.",
+    )
+    parser.add_argument("--image", choices=IMAGES, default="astronaut", help="demo image")
+    parser.add_argument(
+        "--max-steps", type=int, default=None, metavar="N", help="training steps per level cap"
+    )
+    parser.add_argument("--device", default="auto", help="'auto' (default), 'cpu', 'cuda', ...")
+    parser.add_argument(
+        "--screenshot",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="save a PNG of the canvas after adding the layers and exit (no event loop)",
+    )
+    args = parser.parse_args(argv)
+    if args.max_steps is not None and args.max_steps < 1:
+        parser.error("--max-steps must be at least 1")
+    return args
+
+
+def _needs_virtual_display() -> bool:
+    return (
+        sys.platform.startswith("linux")
+        and not os.environ.get("DISPLAY")
+        and not os.environ.get("WAYLAND_DISPLAY")
+        and os.environ.get("QT_QPA_PLATFORM", "") in ("", "xcb")
+    )
+
+
+def _reexec_under_xvfb(argv: list[str], screenshot: Path | None) -> None:
+    """Replace this process with itself under ``xvfb-run`` (never returns on success)."""
+    xvfb_run = shutil.which("xvfb-run")
+    if xvfb_run is None or os.environ.get(_REEXEC_FLAG):
+        return
+    if screenshot is None:
+        argv = [*argv, "--screenshot", HEADLESS_SCREENSHOT]
+        print(
+            f"No display found: running under Xvfb and saving the canvas to "
+            f"{HEADLESS_SCREENSHOT} instead of opening a window.",
+            flush=True,
+        )
+    os.environ[_REEXEC_FLAG] = "1"
+    cmd = [xvfb_run, "-a", "-s", "-screen 0 1280x1024x24", sys.executable, "-m", "napari_miner"]
+    os.execv(xvfb_run, [*cmd, *argv])
+
+
+def fit_with_progress(image: np.ndarray, config: Any, device: str, interval_s: float = 1.0):
+    """Fit ``image`` with :func:`napari_miner.fit_iter`, printing progress; return the model."""
+    from napari_miner import Finished, Progress, ScaleFinished, ScaleStarted, fit_iter
+
+    model = None
+    last_print = -float("inf")
+    for event in fit_iter(image, config, device=device):
+        if isinstance(event, ScaleStarted):
+            print(
+                f"level {event.level}: {event.n_active}/{event.n_blocks} blocks active",
+                flush=True,
+            )
+        elif isinstance(event, Progress):
+            now = time.monotonic()
+            if now - last_print >= interval_s:
+                last_print = now
+                print(
+                    f"  level {event.level} step {event.step:5d}  loss {event.loss:.3e}  "
+                    f"PSNR {event.psnr:6.2f} dB  active {event.n_active:5d}  "
+                    f"{event.elapsed_s:7.1f} s",
+                    flush=True,
+                )
+        elif isinstance(event, ScaleFinished):
+            print(
+                f"level {event.level} done: PSNR {event.psnr:.2f} dB after {event.steps} steps, "
+                f"{event.elapsed_s:.1f} s",
+                flush=True,
+            )
+        elif isinstance(event, Finished):
+            print(
+                f"finished ({event.reason}): PSNR {event.psnr:.2f} dB in {event.elapsed_s:.1f} s",
+                flush=True,
+            )
+            model = event.model
+    if model is None:  # pragma: no cover - fit_iter always ends with Finished
+        raise RuntimeError("fitting ended without a model")
+    return model
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if _needs_virtual_display():
+        _reexec_under_xvfb(argv, args.screenshot)  # returns only if xvfb-run is unavailable
+
+    from napari_miner import MinerConfig
+
+    image = load_image(args.image)
+    config = MinerConfig()
+    if args.max_steps is not None:
+        config = dataclasses.replace(config, max_steps=args.max_steps)
+    print(f"Fitting {args.image} {image.shape} {image.dtype} with {config}", flush=True)
+    t0 = time.perf_counter()
+    model = fit_with_progress(image, config, args.device)
+    print(f"Fitted {model!r} in {time.perf_counter() - t0:.1f} s", flush=True)
+
+    import napari
+
+    from napari_miner._napari.levels import add_level_layers
+
+    viewer = napari.Viewer(title=f"napari-miner: {args.image}")
+    viewer.add_image(image, name=args.image, rgb=bool(model.is_rgb))
+    add_level_layers(viewer, model, args.image)
+    viewer.reset_view()
+
+    if args.screenshot is not None:
+        args.screenshot.parent.mkdir(parents=True, exist_ok=True)
+        viewer.screenshot(path=str(args.screenshot), canvas_only=True)
+        print(f"Saved screenshot to {args.screenshot}", flush=True)
+        viewer.close()
+        return 0
+    napari.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
