@@ -1,6 +1,6 @@
 """napari-miner: MINER multiscale implicit neural representations for images and volumes in napari."""
 
-from .api import FitRun, MinerConfig, MinerModel, fit, fit_iter, resolve_device
+from .api import FitRun, MinerConfig, MinerModel, fit, fit_iter, load, resolve_device
 from .core.errors import (
     ConfigError,
     DeviceError,
@@ -31,5 +31,6 @@ __all__ = [
     "TrainingError",
     "fit",
     "fit_iter",
+    "load",
     "resolve_device",
 ]

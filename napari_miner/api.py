@@ -2,19 +2,83 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
-from typing import Any
+from os import PathLike
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from .core.config import MinerConfig
 from .core.errors import DeviceError, MinerError, OutOfMemoryError, TrainingError
 from .core.events import Event, Finished
 from .core.layout import inspect_input
-from .core.model import MinerModel
+from .core.model import PyramidModel
 from .core.trainer import MinerTrainer
 
-__all__ = ["FitRun", "MinerConfig", "MinerModel", "fit", "fit_iter", "resolve_device"]
+if TYPE_CHECKING:
+    import dask.array
+
+__all__ = ["FitRun", "MinerConfig", "MinerModel", "fit", "fit_iter", "load", "resolve_device"]
+
+FORMAT_NAME = "napari-miner.model"
+
+
+class MinerModel(PyramidModel):
+    """A fitted MINER model: decode any level or region, browse it lazily, save it.
+
+    Level ``j`` is the signal at ``1 / 2**j`` resolution. Obtain one from :func:`fit`,
+    :func:`fit_iter` or :func:`load`.
+    """
+
+    def save(self, path: str | PathLike[str]) -> None:
+        """Write the model to a ``*.miner.zarr`` store, atomically (see :func:`load`)."""
+        from .io.store import save_model
+
+        save_model(self, path)
+
+    def as_pyramid(self) -> list[dask.array.Array]:
+        """Lazy dask arrays of every level (level 0 = full resolution), decoded chunk by chunk.
+
+        Coarser levels, downsampled from the coarsest model level, are appended until the smallest
+        side is at most 512 pixels. Chunks hold whole blocks.
+        """
+        from .io.lazy import dask_pyramid
+
+        return dask_pyramid(self)
+
+
+def load(path: str | PathLike[str]) -> MinerModel:
+    """Open a model saved with :meth:`MinerModel.save`.
+
+    Nothing in the store is executed or unpickled.
+
+    Raises
+    ------
+    ModelFormatError
+        If the store is missing, unreadable, incomplete, corrupted or of a newer format version.
+    """
+    from .io.store import load_model
+
+    return load_model(path, MinerModel)
+
+
+def _provenance(data: Any, config: MinerConfig, device: torch.device) -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        package_version = version("napari-miner")
+    except PackageNotFoundError:  # running from a source tree
+        package_version = "unknown"
+    digest = hashlib.sha256(np.ascontiguousarray(np.asarray(data)).view(np.uint8).ravel())
+    return {
+        "package_version": package_version,
+        "torch_version": torch.__version__,
+        "seed": config.seed,
+        "device": str(device),
+        "input_sha256": digest.hexdigest(),
+    }
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -68,6 +132,7 @@ class FitRun:
     def __next__(self) -> Event:
         event = next(self._events)
         if isinstance(event, Finished):
+            assert isinstance(event.model, MinerModel)
             self._final = event.model
         return event
 
@@ -78,7 +143,9 @@ class FitRun:
     @property
     def model(self) -> MinerModel:
         """The fitted model, or a snapshot of the partial fit if it has not finished."""
-        return self._final if self._final is not None else self._trainer.model()
+        model = self._final if self._final is not None else self._trainer.model()
+        assert isinstance(model, MinerModel)
+        return model
 
     @staticmethod
     def _guarded(events: Iterator[Event]) -> Iterator[Event]:
@@ -133,10 +200,14 @@ def fit_iter(
     config = MinerConfig() if config is None else config
     if not isinstance(config, MinerConfig):
         raise TypeError(f"config must be a MinerConfig, got {type(config).__name__}")
-    layout = inspect_input(data, rgb=rgb, channel_axis=channel_axis)
+    array = np.asarray(data)  # a dask or zarr input is read once, here
+    layout = inspect_input(array, rgb=rgb, channel_axis=channel_axis)
     resolved = resolve_device(device)
-    signal = layout.normalize(data)
-    return FitRun(MinerTrainer(signal, layout, config, resolved))
+    signal = layout.normalize(array)
+    trainer = MinerTrainer(
+        signal, layout, config, resolved, _provenance(array, config, resolved), MinerModel
+    )
+    return FitRun(trainer)
 
 
 def fit(

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from .model import MinerModel
+    from .model import PyramidModel
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +93,8 @@ class Finished:
 
     Attributes
     ----------
-    model : MinerModel
+    model : PyramidModel
+        The fitted model (a :class:`napari_miner.MinerModel` when fitted through the API).
         The fitted model.
     psnr : float
         PSNR of the full-resolution reconstruction, in dB (relative to the input's value range).
@@ -103,7 +104,7 @@ class Finished:
         Why training stopped: ``"target"`` (target PSNR reached) or ``"completed"`` (finest level done).
     """
 
-    model: MinerModel = field(repr=False)
+    model: PyramidModel = field(repr=False)
     psnr: float
     elapsed_s: float
     reason: str

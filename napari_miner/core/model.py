@@ -67,8 +67,8 @@ class LevelParams:
         )
 
 
-class MinerModel:
-    """A fitted multiscale implicit neural representation.
+class PyramidModel:
+    """A fitted multiscale implicit neural representation (decoding only; see ``napari_miner.MinerModel``).
 
     Level ``j`` of the model is the signal at ``1 / 2**j`` resolution (spatial shape
     ``ceil(shape / 2**j)``): the coarsest level's MLPs give the signal, every finer level adds its
@@ -144,7 +144,7 @@ class MinerModel:
 
     def __repr__(self) -> str:
         return (
-            f"MinerModel(shape={self.shape}, dtype={self.dtype}, levels={self.n_levels}, "
+            f"{type(self).__name__}(shape={self.shape}, dtype={self.dtype}, levels={self.n_levels}, "
             f"parameters={self.n_parameters})"
         )
 

@@ -29,7 +29,7 @@ from .events import Event, Finished, Progress, ScaleFinished, ScaleStarted
 from .layout import InputLayout
 from .metrics import psnr_from_mse
 from .mlp_bank import bank_forward_chunked, bank_sse_and_grads, init_bank, lr_multipliers
-from .model import LevelParams, MinerModel, empty_levels
+from .model import LevelParams, PyramidModel, empty_levels
 from .pyramid import gaussian_targets, upsample
 
 
@@ -71,14 +71,26 @@ class MinerTrainer:
         Training settings.
     device : torch.device
         Where to train.
+    metadata : dict, optional
+        Provenance stored with the model (plain JSON values).
+    model_class : type of PyramidModel
+        Class of the models this trainer returns.
     """
 
     def __init__(
-        self, signal: torch.Tensor, layout: InputLayout, config: MinerConfig, device: torch.device
+        self,
+        signal: torch.Tensor,
+        layout: InputLayout,
+        config: MinerConfig,
+        device: torch.device,
+        metadata: dict | None = None,
+        model_class: type[PyramidModel] = PyramidModel,
     ) -> None:
         config.check_shape(layout.spatial_shape)
         self.layout = layout
         self.config = config
+        self._provenance = dict(metadata or {})
+        self._model_class = model_class
         self.device = device
         self.signal = signal.to(device)
         self.levels: list[LevelParams] = empty_levels(layout.spatial_shape, config, signal.shape[0])
@@ -90,13 +102,13 @@ class MinerTrainer:
         self._current: tuple[int, CompactAdam, torch.Tensor, _Standardization] | None = None
 
     # ---------------------------------------------------------------------- public
-    def model(self) -> MinerModel:
+    def model(self) -> PyramidModel:
         """The model as trained so far (also mid-level: active blocks at their current weights)."""
         levels = list(self.levels)
         if self._current is not None:
             j, optimizer, rows, norm = self._current
             levels[j] = _with_active(levels[j], optimizer, rows, norm)
-        return MinerModel(self.layout, self.config, levels, self._metadata())
+        return self._model_class(self.layout, self.config, levels, self._metadata())
 
     @property
     def training_rows(self) -> tuple[int, torch.Tensor] | None:
@@ -154,7 +166,7 @@ class MinerTrainer:
 
     # -------------------------------------------------------------------- internals
     def _metadata(self) -> dict:
-        return {"elapsed_s": self._clock.elapsed}
+        return {**self._provenance, "train_time_s": self._clock.elapsed}
 
     def _decode_level_residual(self, level: LevelParams, n_channels: int) -> torch.Tensor:
         grid = level.grid
