@@ -59,7 +59,7 @@ def run_one(name: str, config: nm.MinerConfig, device: str, eval_every: int) -> 
             and event.step % eval_every == 0
             or isinstance(event, nm.ScaleFinished)
         ):
-            value = psnr(image, run.model.decode(0), data_range=255)
+            value = psnr(image, run.model.decode(0, device=device), data_range=255)
             curve.append((event.elapsed_s, value, event.level))
             for threshold in THRESHOLDS:
                 if reached[threshold] is None and value >= threshold:
@@ -67,7 +67,7 @@ def run_one(name: str, config: nm.MinerConfig, device: str, eval_every: int) -> 
         elif isinstance(event, nm.Finished):
             final = event
     assert final is not None
-    value = psnr(image, final.model.decode(0), data_range=255)
+    value = psnr(image, final.model.decode(0, device=device), data_range=255)
     for threshold in THRESHOLDS:
         if reached[threshold] is None and value >= threshold:
             reached[threshold] = final.elapsed_s

@@ -364,6 +364,6 @@ def blocks_to_train(
     order = torch.argsort(energy)
     spent = torch.cumsum((energy * counts)[order].double(), dim=0)
     n_pruned = int(
-        torch.searchsorted(spent, torch.tensor([allowance], dtype=spent.dtype), right=True)
+        torch.searchsorted(spent, spent.new_tensor([allowance]), right=True)
     )
     return torch.sort(order[n_pruned:]).values
