@@ -133,6 +133,15 @@ def fit_with_progress(image: np.ndarray, config: Any, device: str, interval_s: f
     return model
 
 
+def _settle(viewer: Any) -> None:
+    """Let Qt lay out the window so that ``reset_view`` sees the final canvas size."""
+    from qtpy.QtWidgets import QApplication
+
+    viewer.window._qt_window.resize(1400, 900)
+    for _ in range(3):
+        QApplication.processEvents()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -157,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     viewer = napari.Viewer(title=f"napari-miner: {args.image}")
     viewer.add_image(image, name=args.image, rgb=bool(model.is_rgb))
     add_level_layers(viewer, model, args.image)
+    viewer.canvas.grid.enabled = True  # input and every level side by side
+    _settle(viewer)
     viewer.reset_view()
 
     if args.screenshot is not None:

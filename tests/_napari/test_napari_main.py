@@ -46,13 +46,27 @@ def test_load_image(name, shape):
     assert image.dtype == np.uint8
 
 
-def _image_part(shot: np.ndarray) -> np.ndarray:
-    """The screenshot cropped to its non-background (non-black) bounding box, as gray."""
+def _bands(profile: np.ndarray) -> list[tuple[int, int]]:
+    """Runs of True in a 1D profile, as half-open (start, stop) pairs."""
+    edges = np.diff(np.concatenate([[0], profile.astype(int), [0]]))
+    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True))
+
+
+def _panes(shot: np.ndarray) -> list[np.ndarray]:
+    """The grid panes of a screenshot (non-black rectangles), row by row, as gray images."""
     gray = shot[..., :3].astype(float).mean(axis=-1)
-    rows = np.flatnonzero(gray.max(axis=1) > 0)
-    cols = np.flatnonzero(gray.max(axis=0) > 0)
-    assert rows.size and cols.size, "the screenshot is black"
-    return gray[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    assert gray.max() > 0, "the screenshot is black"
+    panes = []
+    for r0, r1 in _bands(gray.max(axis=1) > 0):
+        band = gray[r0:r1]
+        panes += [band[:, c0:c1] for c0, c1 in _bands(band.max(axis=0) > 0)]
+    return [p for p in panes if min(p.shape) > 20]
+
+
+def _correlation_with_camera(pane: np.ndarray) -> float:
+    got = resize(pane, (32, 32), anti_aliasing=True).ravel()
+    expected = resize(data.camera().astype(float), (32, 32), anti_aliasing=True).ravel()
+    return float(np.corrcoef(got, expected)[0, 1])
 
 
 def _run_demo(tmp_path, extra_args, env):
@@ -72,13 +86,14 @@ def _run_demo(tmp_path, extra_args, env):
 
 
 def _assert_shows_camera(path):
+    """The demo's grid: the input, then levels 3, 2, 1 and 0 of the fit, each a whole square image."""
     shot = imread(path)
     assert shot.ndim == 3 and shot.shape[-1] in (3, 4)
-    part = _image_part(shot)
-    assert abs(part.shape[0] - part.shape[1]) <= 2  # the square camera image, whole
-    got = resize(part, (32, 32), anti_aliasing=True).ravel()
-    expected = resize(data.camera().astype(float), (32, 32), anti_aliasing=True).ravel()
-    assert np.corrcoef(got, expected)[0, 1] > 0.8
+    panes = _panes(shot)
+    assert len(panes) == 5
+    assert all(abs(p.shape[0] - p.shape[1]) <= 2 for p in panes)  # square, whole images
+    assert _correlation_with_camera(panes[0]) > 0.95  # the input
+    assert _correlation_with_camera(panes[-1]) > 0.8  # level 0 after a short fit
 
 
 @pytest.mark.viewer
