@@ -10,6 +10,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -78,6 +79,12 @@ class BlockGrid:
         padded = torch.zeros((1, *self.padded_shape), device=device)
         padded[(slice(None),) + tuple(slice(0, s) for s in self.shape)] = ones
         return blocks_from_array(padded, self.block_size)
+
+    def mask(self, block_ids: torch.Tensor) -> np.ndarray:
+        """Boolean mask shaped :attr:`grid_shape`, True at the given flat block indices."""
+        mask = np.zeros(self.n_blocks, dtype=bool)
+        mask[block_ids.cpu().numpy()] = True
+        return mask.reshape(self.grid_shape)
 
     def block_range(self, region: Sequence[slice]) -> tuple[tuple[int, int], ...]:
         """Per axis, the half-open range of block indices that intersect ``region``."""

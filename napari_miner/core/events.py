@@ -49,6 +49,8 @@ class Progress:
         Blocks still being optimised (not pruned, not retired).
     elapsed_s : float
         Training time since the fit started, excluding time spent by the consumer of the events.
+    active_mask : numpy.ndarray
+        Boolean mask over the level's block grid of the blocks still being optimised.
     """
 
     level: int
@@ -57,6 +59,7 @@ class Progress:
     psnr: float
     n_active: int
     elapsed_s: float
+    active_mask: np.ndarray = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,9 +52,7 @@ class LevelParams:
 
     def active_mask(self) -> np.ndarray:
         """Boolean mask over the block grid of the blocks with an MLP."""
-        mask = np.zeros(self.grid.n_blocks, dtype=bool)
-        mask[self.block_ids.cpu().numpy()] = True
-        return mask.reshape(self.grid.grid_shape)
+        return self.grid.mask(self.block_ids)
 
     def to(self, device: torch.device | str) -> LevelParams:
         """Copy of the level on ``device``."""

@@ -258,6 +258,7 @@ class MinerTrainer:
                     psnr_from_mse(level_mse),
                     int(rows.numel()),
                     self._clock.elapsed,
+                    grid.mask(block_ids[rows]),
                 )
             if step % cfg.check_every and step != cfg.max_steps:
                 continue
@@ -363,7 +364,5 @@ def blocks_to_train(
     allowance = config.prune_budget * 10.0 ** (-config.target_psnr / 10.0) * float(counts.sum())
     order = torch.argsort(energy)
     spent = torch.cumsum((energy * counts)[order].double(), dim=0)
-    n_pruned = int(
-        torch.searchsorted(spent, spent.new_tensor([allowance]), right=True)
-    )
+    n_pruned = int(torch.searchsorted(spent, spent.new_tensor([allowance]), right=True))
     return torch.sort(order[n_pruned:]).values

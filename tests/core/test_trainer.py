@@ -34,6 +34,8 @@ def test_events_come_coarse_to_fine_and_end_with_the_model():
     assert isinstance(events[-1], Finished)
     progress = [e for e in events if isinstance(e, Progress)]
     assert progress and all(e.step % 10 == 0 for e in progress)
+    assert all(int(e.active_mask.sum()) == e.n_active for e in progress)
+    assert {e.active_mask.shape for e in progress if e.level == 0} == {(8, 8)}
     elapsed = [e.elapsed_s for e in events if hasattr(e, "elapsed_s")]
     assert elapsed == sorted(elapsed)
     with pytest.raises(AttributeError):
