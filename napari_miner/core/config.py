@@ -62,6 +62,11 @@ class MinerConfig:
         steps (finer levels correct what a coarse level leaves, so coarse levels need not polish).
     final_plateau_rel_tol : float
         The same for level 0, whose error is the final error.
+    iou_threshold : float or None
+        Track the IoU of the occupied sets (values >= this, in normalised units: 0 = input minimum,
+        1 = input maximum) and report it in the events; ``None`` = don't (images).
+    target_iou : float or None
+        The fit also stops once level 0's IoU reaches this (needs ``iou_threshold``).
     progress_every : int
         Steps between :class:`~napari_miner.core.events.Progress` events.
     seed : int
@@ -85,6 +90,8 @@ class MinerConfig:
     check_every: int = 25
     plateau_rel_tol: float = 0.05
     final_plateau_rel_tol: float = 0.01
+    iou_threshold: float | None = None
+    target_iou: float | None = None
     progress_every: int = 10
     seed: int = 0
 
@@ -117,15 +124,37 @@ class MinerConfig:
             raise ConfigError(
                 f"MinerConfig.plateau_rel_tol must be >= 0, got {self.plateau_rel_tol!r}"
             )
+        if self.iou_threshold is not None and not 0 < self.iou_threshold < 1:
+            raise ConfigError(
+                f"MinerConfig.iou_threshold must be in (0, 1), got {self.iou_threshold!r}"
+            )
+        if self.target_iou is not None:
+            if self.iou_threshold is None:
+                raise ConfigError("MinerConfig.target_iou needs iou_threshold (e.g. 0.5)")
+            if not 0 < self.target_iou <= 1:
+                raise ConfigError(
+                    f"MinerConfig.target_iou must be in (0, 1], got {self.target_iou!r}"
+                )
         for name in ("block_target_mse", "prune_mse"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"MinerConfig.{name} must be None or >= 0, got {value!r}")
 
     @classmethod
-    def for_volume(cls, **overrides: Any) -> MinerConfig:
-        """Defaults for 3D volumes (16³ blocks, as in the MINER paper); keywords override them."""
+    def for_volume(cls, occupancy: bool = True, **overrides: Any) -> MinerConfig:
+        """Defaults for 3D volumes (16³ blocks and width 20, as in the MINER paper).
+
+        Parameters
+        ----------
+        occupancy : bool
+            For binary occupancy volumes (default): track the IoU at threshold 0.5 and stop at
+            IoU 0.99. With ``False``, the fit stops on ``target_psnr`` like an image.
+        **overrides
+            Any other settings.
+        """
         defaults: dict[str, Any] = dict(block_size=16, hidden_width=20, max_steps=2000)
+        if occupancy:
+            defaults.update(iou_threshold=0.5, target_iou=0.99)
         defaults.update(overrides)
         return cls(**defaults)
 

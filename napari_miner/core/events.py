@@ -51,6 +51,9 @@ class Progress:
         Training time since the fit started, excluding time spent by the consumer of the events.
     active_mask : numpy.ndarray
         Boolean mask over the level's block grid of the blocks still being optimised.
+    iou : float or None
+        IoU of the occupied sets (``config.iou_threshold``) of the level's estimate and target, as of
+        the last convergence check; ``None`` unless occupancy is tracked.
     """
 
     level: int
@@ -60,6 +63,7 @@ class Progress:
     n_active: int
     elapsed_s: float
     active_mask: np.ndarray = field(repr=False)
+    iou: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +84,8 @@ class ScaleFinished:
         Training time since the fit started.
     steps : int
         Optimisation steps taken at this level.
+    iou : float or None
+        IoU of the level's occupied sets, when occupancy is tracked.
     """
 
     level: int
@@ -88,6 +94,7 @@ class ScaleFinished:
     psnr: float
     elapsed_s: float
     steps: int
+    iou: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,13 +111,16 @@ class Finished:
     elapsed_s : float
         Total training time.
     reason : str
-        Why training stopped: ``"target"`` (target PSNR reached) or ``"completed"`` (finest level done).
+        Why training stopped: ``"target"`` (target PSNR or IoU reached) or ``"completed"``.
+    iou : float or None
+        IoU of the full-resolution reconstruction, when occupancy is tracked.
     """
 
     model: PyramidModel = field(repr=False)
     psnr: float
     elapsed_s: float
     reason: str
+    iou: float | None = None
 
 
 Event = ScaleStarted | Progress | ScaleFinished | Finished

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 
 def psnr_from_mse(mse: float, data_range: float = 1.0) -> float:
@@ -34,3 +35,11 @@ def iou(reference: np.ndarray, estimate: np.ndarray, threshold: float = 0.5) -> 
     b = np.asarray(estimate) >= threshold
     union = np.logical_or(a, b).sum()
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def iou_of(estimate: torch.Tensor, target: torch.Tensor, threshold: float) -> float:
+    """IoU of ``estimate >= threshold`` and ``target >= threshold`` for torch tensors."""
+    a = estimate >= threshold
+    b = target >= threshold
+    union = int((a | b).sum())
+    return 1.0 if union == 0 else int((a & b).sum()) / union

@@ -27,7 +27,7 @@ from .blocks import BlockGrid, local_coordinates
 from .config import MinerConfig
 from .events import Event, Finished, Progress, ScaleFinished, ScaleStarted
 from .layout import InputLayout
-from .metrics import psnr_from_mse
+from .metrics import iou_of, psnr_from_mse
 from .mlp_bank import bank_forward_chunked, bank_sse_and_grads, init_bank, lr_multipliers
 from .model import LevelParams, PyramidModel, empty_levels
 from .pyramid import gaussian_targets, upsample
@@ -125,6 +125,7 @@ class MinerTrainer:
         estimate: torch.Tensor | None = None
         reason = "completed"
         final_mse = math.nan
+        final_iou: float | None = None
         self._clock.start()
         for j in reversed(range(cfg.n_levels)):
             target = targets[j]
@@ -133,7 +134,7 @@ class MinerTrainer:
                 if estimate is None
                 else upsample(estimate, target.shape[1:])
             )
-            level_events = self._train_level(j, target - base)
+            level_events = self._train_level(j, target, base)
             reached = False
             for event in level_events:
                 if isinstance(event, bool):
@@ -146,7 +147,12 @@ class MinerTrainer:
             residual = self._decode_level_residual(level, target.shape[0])
             estimate = base + residual
             final_mse = float(torch.mean((estimate - target) ** 2))
+            final_iou = (
+                None if cfg.iou_threshold is None else iou_of(estimate, target, cfg.iou_threshold)
+            )
             level.stats["psnr"] = psnr_from_mse(final_mse)
+            if final_iou is not None:
+                level.stats["iou"] = final_iou
             level.stats["elapsed_s"] = self._clock.elapsed
             self._clock.pause()
             yield ScaleFinished(
@@ -156,13 +162,14 @@ class MinerTrainer:
                 psnr=level.stats["psnr"],
                 elapsed_s=level.stats["elapsed_s"],
                 steps=int(level.stats.get("steps", 0)),
+                iou=final_iou,
             )
             self._clock.start()
             if reached:
                 reason = "target"
                 break
         elapsed = self._clock.pause()
-        yield Finished(self.model(), psnr_from_mse(final_mse), elapsed, reason)
+        yield Finished(self.model(), psnr_from_mse(final_mse), elapsed, reason, final_iou)
 
     # -------------------------------------------------------------------- internals
     def _metadata(self) -> dict:
@@ -177,9 +184,12 @@ class MinerTrainer:
             )
         return grid.fold(values)
 
-    def _train_level(self, j: int, residual: torch.Tensor) -> Iterator[Event | bool]:
-        """Train level ``j`` on ``residual``; yields events, and ``True`` when the target is reached."""
+    def _train_level(
+        self, j: int, target: torch.Tensor, base: torch.Tensor
+    ) -> Iterator[Event | bool]:
+        """Train level ``j`` on ``target - base``; yields events, and ``True`` at the target."""
         cfg = self.config
+        residual = target - base
         grid = BlockGrid(tuple(residual.shape[1:]), cfg.block_size)
         blocks = grid.unfold(residual)
         mask = grid.valid_mask(self.device)
@@ -222,6 +232,12 @@ class MinerTrainer:
         goals = centered / scale[:, None, None]
         masks = None if bool(mask.all()) else mask[block_ids]
         scales_sq = scale.square()
+        occupancy = None
+        if cfg.iou_threshold is not None:
+            occupancy = _OccupancyCounts(
+                grid.unfold(base), grid.unfold(target), mask, cfg.iou_threshold, block_ids
+            )
+        level_iou = None if occupancy is None else occupancy.iou
         n_layers = len(weights)
         optimizer = CompactAdam(weights + biases, lr_multipliers(n_layers, cfg.omega_0) * 2)
         self._current = (j, optimizer, rows, norm)
@@ -259,11 +275,16 @@ class MinerTrainer:
                     int(rows.numel()),
                     self._clock.elapsed,
                     grid.mask(block_ids[rows]),
+                    level_iou,
                 )
             if step % cfg.check_every and step != cfg.max_steps:
                 continue
-            exact = self._exact_mse(optimizer, goals, masks, n_channels) * scales_sq
+            exact, prediction = self._exact_mse(optimizer, goals, masks, n_channels)
+            exact = exact * scales_sq
             block_mse[block_ids[rows]] = exact
+            if occupancy is not None:
+                occupancy.update(rows, prediction * scale[rows, None, None] + offset[rows, :, None])
+                level_iou = occupancy.iou
             level_mse = float((block_mse * counts).sum() / total_count)
             retire = exact < cfg.retire_mse
             if bool(retire.any()):
@@ -273,7 +294,14 @@ class MinerTrainer:
                 rows, goals, scales_sq = rows[keep], goals[keep], scales_sq[keep]
                 masks = None if masks is None else masks[keep]
                 self._current = (j, optimizer, rows, norm)
-            if j == 0 and psnr_from_mse(level_mse) >= cfg.target_psnr:
+            if j == 0 and (
+                psnr_from_mse(level_mse) >= cfg.target_psnr
+                or (
+                    cfg.target_iou is not None
+                    and level_iou is not None
+                    and level_iou >= cfg.target_iou
+                )
+            ):
                 reached = True
                 break
             if previous_mse is not None and previous_mse - level_mse < plateau * previous_mse:
@@ -292,15 +320,18 @@ class MinerTrainer:
         goals: torch.Tensor,
         masks: torch.Tensor | None,
         n_channels: int,
-    ) -> torch.Tensor:
-        """Exact MSE of every optimised block on all its real pixels (in RMS-normalised units)."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact MSE of every optimised block on its real pixels, and the blocks' outputs.
+
+        Both are in the blocks' standardised units.
+        """
         n_layers = len(optimizer.params) // 2
         params = optimizer.params
         out = bank_forward_chunked(params[:n_layers], params[n_layers:], self._coords)
         sq = (out - goals).square()
         if masks is None:
-            return sq.mean(dim=(1, 2))
-        return (sq * masks).sum(dim=(1, 2)) / (masks.sum(dim=(1, 2)) * n_channels)
+            return sq.mean(dim=(1, 2)), out
+        return (sq * masks).sum(dim=(1, 2)) / (masks.sum(dim=(1, 2)) * n_channels), out
 
     @staticmethod
     def _store(
@@ -321,6 +352,46 @@ class MinerTrainer:
                 w, b = w * scale, b * scale + norm.offset[target_rows][:, :, None]
             level.weights[layer][target_rows] = w
             level.biases[layer][target_rows] = b
+
+
+class _OccupancyCounts:
+    """Per-block intersection and union of the occupied sets of the estimate and the target.
+
+    Blocks without an MLP keep the counts of the coarser estimate; trained blocks are updated
+    from their exact predictions at every convergence check. Level IoU = sum(inter) / sum(union).
+    """
+
+    def __init__(
+        self,
+        base_blocks: torch.Tensor,
+        target_blocks: torch.Tensor,
+        mask: torch.Tensor,
+        threshold: float,
+        block_ids: torch.Tensor,
+    ) -> None:
+        self.threshold = threshold
+        valid = mask > 0
+        occupied = (target_blocks >= threshold) & valid
+        estimated = (base_blocks >= threshold) & valid
+        self.intersection = (occupied & estimated).sum(dim=(1, 2)).double()
+        self.union = (occupied | estimated).sum(dim=(1, 2)).double()
+        self._ids = block_ids
+        self._base = base_blocks[block_ids]
+        self._occupied = occupied[block_ids]
+        self._valid = valid[block_ids]
+
+    def update(self, rows: torch.Tensor, prediction: torch.Tensor) -> None:
+        """Recount the blocks at bank ``rows`` given their predicted residuals."""
+        estimated = ((self._base[rows] + prediction) >= self.threshold) & self._valid[rows]
+        occupied = self._occupied[rows]
+        self.intersection[self._ids[rows]] = (occupied & estimated).sum(dim=(1, 2)).double()
+        self.union[self._ids[rows]] = (occupied | estimated).sum(dim=(1, 2)).double()
+
+    @property
+    def iou(self) -> float:
+        """IoU of the level (1 when both sets are empty)."""
+        union = float(self.union.sum())
+        return 1.0 if union == 0 else float(self.intersection.sum()) / union
 
 
 @dataclass(frozen=True)
