@@ -22,9 +22,6 @@ if TYPE_CHECKING:
 
 __all__ = ["FitRun", "MinerConfig", "MinerModel", "fit", "fit_iter", "load", "resolve_device"]
 
-FORMAT_NAME = "napari-miner.model"
-
-
 class MinerModel(PyramidModel):
     """A fitted MINER model: decode any level or region, browse it lazily, save it.
 

@@ -1,0 +1,1 @@
+"""Storage: the model store, lazy dask pyramids, export."""

@@ -1,0 +1,283 @@
+"""The ``*.miner.zarr`` reader: path matching, layer data, npe2 discovery and a real viewer."""
+
+from __future__ import annotations
+
+import npe2
+import numpy as np
+import pytest
+from skimage.io import imsave
+from skimage.transform import resize
+
+import napari_miner
+from napari_miner import MinerConfig, ModelFormatError, fit
+from napari_miner._napari.reader import get_reader, read_models
+from napari_miner.core.overlay import active_block_labels
+
+PLUGIN = "napari-miner"
+
+
+@pytest.fixture(scope="module")
+def stores(fitted_models, tmp_path_factory) -> dict[str, tuple]:
+    """``{name: (path, model)}``: the session's fitted models saved as ``<name>.miner.zarr``."""
+    root = tmp_path_factory.mktemp("stores")
+    out = {}
+    for name in ("gray", "rgb", "flat"):
+        _, model = fitted_models[name]
+        path = root / f"{name}.miner.zarr"
+        model.save(path)
+        out[name] = (path, model)
+    rng = np.random.default_rng(5)
+    channels = fit(
+        rng.random((2, 30, 41), dtype=np.float32),
+        MinerConfig(n_levels=2, block_size=8, max_steps=10),
+        device="cpu",
+        channel_axis=0,
+    )
+    path = root / "two channels.miner.zarr"
+    channels.save(path)
+    out["channels"] = (path, channels)
+    return out
+
+
+# --------------------------------------------------------------------------- path matching
+@pytest.mark.parametrize(
+    "path",
+    ["x.miner.zarr", "/data/fit.miner.zarr/", "C:\\fits\\A.MINER.ZARR", ["a.miner.zarr"]],
+)
+def test_get_reader_claims_miner_stores(path):
+    assert get_reader(path) is read_models
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "x.zarr",
+        "x.miner",
+        "x.miner.zarr.zip",
+        "miner.zarr",
+        "x.tif",
+        [],
+        ["a.miner.zarr", "b.zarr"],
+    ],
+)
+def test_get_reader_rejects_everything_else(path):
+    assert get_reader(path) is None
+
+
+def test_get_reader_accepts_path_objects(stores):
+    path, _ = stores["gray"]
+    assert get_reader(path) is read_models
+
+
+# ----------------------------------------------------------------------------- layer data
+def test_gray_layer_data(stores):
+    path, model = stores["gray"]
+    (image, image_kwargs, image_type), (labels, labels_kwargs, labels_type) = get_reader(str(path))(
+        str(path)
+    )
+    assert image_type == "image" and labels_type == "labels"
+    assert image_kwargs["name"] == "gray · MINER"
+    assert image_kwargs["multiscale"] is True
+    assert image_kwargs["rgb"] is False
+    assert "channel_axis" not in image_kwargs
+    assert image_kwargs["contrast_limits"] == list(model.value_range)
+    assert [level.shape for level in image] == [model.decoded_shape(j) for j in range(3)]
+    np.testing.assert_allclose(image[0].compute(), model.decode(0), atol=1e-5)
+    # the pyramid is lazy and named from the model (same store, same dask keys)
+    assert [level.name for level in image] == [level.name for level in model.as_pyramid()]
+
+    expected, scale, translate = active_block_labels(model)
+    assert labels_kwargs["name"] == "gray · MINER active blocks"
+    np.testing.assert_array_equal(labels, expected)
+    assert labels_kwargs["scale"] == scale == (8.0, 8.0)
+    assert labels_kwargs["translate"] == translate == (3.5, 3.5)
+    assert 0 < labels_kwargs["opacity"] < 1
+    assert labels.max() >= 1 and set(np.unique(labels)) <= {0, 1, 2, 3}
+
+
+def test_rgb_layer_data(stores):
+    path, model = stores["rgb"]
+    (image, kwargs, _), _ = read_models(path)
+    assert kwargs["rgb"] is True and "channel_axis" not in kwargs
+    assert kwargs["contrast_limits"] == list(model.value_range)
+    assert image[0].shape == model.shape and image[0].dtype == np.uint8
+
+
+def test_constant_model_gets_a_non_empty_contrast_range(stores):
+    path, _ = stores["flat"]
+    (_, kwargs, _), _ = read_models(path)
+    lo, hi = kwargs["contrast_limits"]
+    assert lo == 7 and hi > lo
+
+
+def test_channel_axis_model_is_split_into_channels(stores):
+    path, model = stores["channels"]
+    (image, kwargs, _), (labels, labels_kwargs, _) = read_models(path)
+    assert kwargs["channel_axis"] == 0 and kwargs["rgb"] is False
+    assert kwargs["name"] == "two channels · MINER"
+    assert image[0].shape == (2, 30, 41)
+    assert labels.shape == model.levels[0].grid.grid_shape
+    assert labels_kwargs["name"] == "two channels · MINER active blocks"
+
+
+def test_several_paths_give_layers_for_each(stores):
+    paths = [str(stores["gray"][0]), str(stores["rgb"][0])]
+    layers = get_reader(paths)(paths)
+    assert [kwargs["name"] for _, kwargs, _ in layers] == [
+        "gray · MINER",
+        "gray · MINER active blocks",
+        "rgb · MINER",
+        "rgb · MINER active blocks",
+    ]
+
+
+def test_bad_store_raises_the_model_format_error(tmp_path):
+    missing = tmp_path / "missing.miner.zarr"
+    with pytest.raises(ModelFormatError):
+        read_models(str(missing))
+    broken = tmp_path / "broken.miner.zarr"
+    broken.mkdir()
+    (broken / "zarr.json").write_text("{not json")
+    with pytest.raises(ModelFormatError):
+        read_models(str(broken))
+
+
+# ------------------------------------------------------------------------------------- npe2
+def test_manifest_declares_the_reader():
+    manifest = npe2.PluginManifest.from_distribution(PLUGIN)
+    (reader,) = manifest.contributions.readers
+    assert reader.filename_patterns == ["*.miner.zarr"]
+    assert reader.accepts_directories is True
+    assert reader.command == "napari-miner.get_reader"
+
+
+def test_npe2_finds_the_reader_for_miner_stores_only(stores, tmp_path):
+    pm = npe2.PluginManager()
+    pm.discover()
+    ours = "napari-miner.get_reader"
+    path, _ = stores["gray"]
+    assert ours in [r.command for r in pm.iter_compatible_readers([str(path)])]
+    assert ours in [r.command for r in pm.iter_compatible_readers(["new.miner.zarr"])]
+    assert ours not in [r.command for r in pm.iter_compatible_readers(["plain.zarr"])]
+    assert ours not in [r.command for r in pm.iter_compatible_readers(["image.tif"])]
+
+
+def _our_reader(pm: npe2.PluginManager, path: str):
+    return next(r for r in pm.iter_compatible_readers([path]) if r.plugin_name == PLUGIN)
+
+
+def test_npe2_reads_a_store_through_the_manifest(stores, tmp_path):
+    pm = npe2.PluginManager()
+    pm.discover()
+    pm.activate(PLUGIN)  # registers the plugin's commands in this manager's registry
+    path, _ = stores["gray"]
+    reader = _our_reader(pm, str(path))
+    read = reader.exec(kwargs={"path": [str(path)], "stack": False}, _registry=pm.commands)
+    assert read is not None
+    layers = read([str(path)], stack=False)
+    assert [(kwargs["name"], kind) for _, kwargs, kind in layers] == [
+        ("gray · MINER", "image"),
+        ("gray · MINER active blocks", "labels"),
+    ]
+    # a plain zarr directory is offered to every directory reader; ours declines it
+    plain = tmp_path / "plain.zarr"
+    plain.mkdir()
+    reader = _our_reader(pm, str(plain))
+    assert reader.exec(kwargs={"path": [str(plain)], "stack": False}, _registry=pm.commands) is None
+
+
+# ---------------------------------------------------------------------------- real viewer
+def _as_gray(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image, dtype=np.float64)
+    return image[..., :3].mean(axis=-1) if image.ndim == 3 else image
+
+
+def _correlation(a: np.ndarray, b: np.ndarray, grid=(32, 32)) -> float:
+    a = resize(_as_gray(a), grid, anti_aliasing=True).ravel()
+    b = resize(_as_gray(b), grid, anti_aliasing=True).ravel()
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+@pytest.fixture(scope="module")
+def large_store(tmp_path_factory):
+    """A 1024 x 1024 cameraman model: larger than the test canvas, so napari browses its levels."""
+    from skimage import data
+
+    image = np.repeat(np.repeat(data.camera(), 2, axis=0), 2, axis=1)
+    config = MinerConfig(n_levels=3, block_size=16, max_steps=15, pixel_fraction=0.25)
+    model = fit(image, config, device="cpu")
+    path = tmp_path_factory.mktemp("large") / "camera.miner.zarr"
+    model.save(path)
+    return path, napari_miner.load(path)
+
+
+def _settled_screenshot(viewer, qtbot, layer, level: int):
+    """Screenshot once the layer shows ``level`` and two consecutive frames agree."""
+    qtbot.waitUntil(lambda: viewer.screenshot(canvas_only=True, flash=False) is not None)
+    qtbot.waitUntil(lambda: layer.data_level == level, timeout=10_000)
+    previous = viewer.screenshot(canvas_only=True, flash=False)
+    for _ in range(20):
+        qtbot.wait(50)
+        shot = viewer.screenshot(canvas_only=True, flash=False)
+        if np.array_equal(shot, previous):
+            return shot
+        previous = shot
+    return shot
+
+
+@pytest.mark.viewer
+def test_viewer_opens_a_store_and_shows_full_resolution_tiles(
+    make_napari_viewer, qtbot, large_store
+):
+    path, model = large_store
+    viewer = make_napari_viewer(show=True)
+    # a small canvas (about 460 x 410), so that at zoom 1 only part of the image is on screen
+    qt_viewer = viewer.window._qt_viewer
+    for dock in (qt_viewer.dockLayerList, qt_viewer.dockLayerControls, qt_viewer.dockConsole):
+        dock.setVisible(False)
+    viewer.window._qt_window.resize(420, 380)
+
+    layers = viewer.open(str(path), plugin=PLUGIN)
+    assert [layer.name for layer in layers] == [
+        "camera · MINER",
+        "camera · MINER active blocks",
+    ]
+    image, overlay = layers
+    assert image.multiscale and len(image.data) == model.n_levels
+    assert tuple(overlay.scale) == (16.0, 16.0) and tuple(overlay.translate) == (7.5, 7.5)
+    overlay.visible = False
+
+    # the whole image on screen: napari shows a coarse level
+    viewer.reset_view()
+    qtbot.waitUntil(lambda: image.data_level > 0, timeout=10_000)
+
+    # zoom in to 1 screen pixel = 1 image pixel around (y, x) = (300, 420)
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    camera.center = (300.0, 420.0)
+    camera.zoom = 1.0
+    shot = _settled_screenshot(viewer, qtbot, image, level=0)
+    png = path.parent / "zoomed.png"
+    imsave(png, shot, check_contrast=False)
+    # napari loaded only the chunks around the view, not all of level 0
+    corners = np.asarray(image.corner_pixels)
+    assert np.all(corners[1] - corners[0] < 1023), corners
+
+    h, w = shot.shape[:2]
+    y0, x0 = round(300 - h / 2), round(420 - w / 2)
+    assert y0 >= 0 and x0 >= 0 and y0 + h <= 1024 and x0 + w <= 1024
+    region = model.decode(0, region=(slice(y0, y0 + h), slice(x0, x0 + w)))
+    corr = _correlation(shot, region, grid=(64, 64))
+    assert corr > 0.95, f"correlation {corr:.3f}, screenshot in {png}"
+    # a control: another region of the same image does not match
+    other = model.decode(0, region=(slice(y0 + 300, y0 + 300 + h), slice(x0 + 300, x0 + 300 + w)))
+    control = _correlation(shot, other, grid=(64, 64))
+    assert control < corr - 0.4, (corr, control)
+    # and at 1:1 the screen pixels are the decoded pixels (grey colormap, limits = value range)
+    centre = _as_gray(shot)[h // 2 - 50 : h // 2 + 50, w // 2 - 50 : w // 2 + 50]
+    truth = region[h // 2 - 50 : h // 2 + 50, w // 2 - 50 : w // 2 + 50].astype(float)
+    best = min(
+        np.abs(np.roll(centre, (dy, dx), axis=(0, 1)) - truth)[2:-2, 2:-2].mean()
+        for dy in (-1, 0, 1)
+        for dx in (-1, 0, 1)
+    )
+    assert best < 4.0, best

@@ -1,0 +1,385 @@
+import json
+import math
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+import napari_miner as nm
+from napari_miner.io import store
+
+TINY = nm.MinerConfig(n_levels=3, block_size=8, max_steps=20)
+
+
+def _smooth(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*[np.linspace(0, 1, s) for s in shape], indexing="ij")
+    phase = rng.random(len(shape)) * 6
+    return sum(np.sin(5 * g + p) for g, p in zip(grids, phase, strict=True)) / len(shape)
+
+
+def _inputs():
+    rng = np.random.default_rng(7)
+    return {
+        "gray": rng.random((37, 50), dtype=np.float32),
+        "rgb": rng.integers(0, 256, size=(45, 29, 3), dtype=np.uint8),
+        "uint16": ((_smooth((40, 56)) + 1) * 3000).astype(np.uint16),
+        "volume": _smooth((19, 23, 17), seed=3).astype(np.float32),
+    }
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {name: nm.fit(data, TINY, device="cpu") for name, data in _inputs().items()}
+
+
+@pytest.fixture(scope="module")
+def gray_model(models):
+    return models["gray"]
+
+
+def _assert_same_model(loaded, model):
+    assert isinstance(loaded, nm.MinerModel)
+    assert loaded.config == model.config
+    assert loaded.layout == model.layout
+    assert loaded.n_parameters == model.n_parameters
+    assert loaded.metadata == model.metadata
+    assert loaded.n_levels == model.n_levels
+    for level, (a, b) in enumerate(zip(loaded.levels, model.levels, strict=True)):
+        assert a.grid == b.grid
+        assert a.stats == b.stats
+        assert torch.equal(a.block_ids, b.block_ids) and a.block_ids.dtype == torch.int64
+        for x, y in zip(a.weights + a.biases, b.weights + b.biases, strict=True):
+            assert x.dtype == torch.float32 and torch.equal(x, y)
+        assert torch.allclose(
+            loaded.decode_normalized(level), model.decode_normalized(level), atol=1e-6, rtol=0
+        )
+        np.testing.assert_array_equal(loaded.decode(level), model.decode(level))
+
+
+def _siblings(path: Path) -> list[str]:
+    return sorted(p.name for p in path.parent.iterdir() if p.name != path.name)
+
+
+# ------------------------------------------------------------------------------ round trips
+@pytest.mark.parametrize("name", ["gray", "rgb", "uint16", "volume"])
+def test_save_load_round_trip(models, name, tmp_path):
+    model = models[name]
+    path = tmp_path / f"{name}.miner.zarr"
+    model.save(path)
+    loaded = nm.load(path)
+    _assert_same_model(loaded, model)
+    assert loaded.dtype == model.dtype and loaded.decode().shape == _inputs()[name].shape
+    region = tuple(slice(3, 11) for _ in model.layout.spatial_shape)
+    np.testing.assert_array_equal(loaded.decode(0, region), model.decode(0, region))
+    assert _siblings(path) == []  # no temporary directory left
+
+
+def test_store_is_a_plain_zarr_group(gray_model, tmp_path):
+    path = tmp_path / "m.miner.zarr"
+    gray_model.save(str(path))
+    assert (path / ".zgroup").is_file()  # zarr format 2
+    group = zarr.open_group(str(path), mode="r")
+    assert group.attrs["format"] == store.FORMAT_NAME == "napari-miner.model"
+    assert group.attrs["format_version"] == store.FORMAT_VERSION
+    assert group.attrs["config"] == TINY.to_dict()
+    assert group.attrs["layout"] == gray_model.layout.to_dict()
+    assert group["levels/0/block_ids"].dtype == np.int64
+    assert group["levels/1/weight_0"].dtype == np.float32
+    assert group["levels/1/weight_0"].shape[0] == gray_model.levels[1].n_mlps
+
+
+def test_partial_fit_with_empty_levels_round_trips(tmp_path):
+    run = nm.fit_iter(_inputs()["gray"], TINY, device="cpu")
+    for event in run:
+        if isinstance(event, nm.Progress):
+            break
+    run.close()
+    model = run.model
+    assert any(level.n_mlps == 0 for level in model.levels)
+    path = tmp_path / "partial.miner.zarr"
+    model.save(path)
+    _assert_same_model(nm.load(path), model)
+
+
+def test_non_finite_and_numpy_values_are_stored_as_standard_json(gray_model, tmp_path):
+    levels = [level.to("cpu") for level in gray_model.levels]
+    levels[0].stats["psnr"] = math.inf
+    metadata = {**gray_model.metadata, "loss": math.nan, "low": -math.inf, "n": np.int64(3)}
+    model = nm.MinerModel(gray_model.layout, gray_model.config, levels, metadata)
+    path = tmp_path / "m.miner.zarr"
+    model.save(path)
+
+    def strict(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    json.loads((path / ".zattrs").read_text(), parse_constant=strict)
+    loaded = nm.load(path)
+    assert loaded.levels[0].stats["psnr"] == math.inf
+    assert math.isnan(loaded.metadata["loss"]) and loaded.metadata["low"] == -math.inf
+    assert loaded.metadata["n"] == 3
+
+
+def test_metadata_that_is_not_json_is_refused(gray_model, tmp_path):
+    model = nm.MinerModel(
+        gray_model.layout, gray_model.config, gray_model.levels, {"bad": object()}
+    )
+    path = tmp_path / "m.miner.zarr"
+    with pytest.raises(nm.ModelFormatError, match="not plain JSON"):
+        model.save(path)
+    assert not path.exists() and _siblings(path) == []
+
+
+def test_overwriting_an_existing_model(models, tmp_path):
+    path = tmp_path / "m.miner.zarr"
+    models["gray"].save(path)
+    models["uint16"].save(path)
+    _assert_same_model(nm.load(path), models["uint16"])
+    assert _siblings(path) == []
+
+
+def test_saving_into_an_empty_directory(gray_model, tmp_path):
+    path = tmp_path / "m.miner.zarr"
+    path.mkdir()
+    gray_model.save(path)
+    _assert_same_model(nm.load(path), gray_model)
+
+
+# ----------------------------------------------------------------------------------- errors
+@pytest.fixture
+def saved(gray_model, tmp_path):
+    path = tmp_path / "m.miner.zarr"
+    gray_model.save(path)
+    return path
+
+
+def _edit_attributes(path: Path, **changes):
+    attrs_file = path / ".zattrs"
+    attributes = json.loads(attrs_file.read_text())
+    attributes.update(changes)
+    attrs_file.write_text(json.dumps(attributes))
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(nm.ModelFormatError, match="does not exist"):
+        nm.load(tmp_path / "nothing.miner.zarr")
+
+
+def test_regular_file_at_path(gray_model, tmp_path):
+    path = tmp_path / "m.miner.zarr"
+    path.write_bytes(b"not a model")
+    with pytest.raises(nm.ModelFormatError, match="is not a model store"):
+        nm.load(path)
+    with pytest.raises(nm.ModelFormatError, match="file of that name exists"):
+        gray_model.save(path)
+    assert path.read_bytes() == b"not a model"
+    assert _siblings(path) == []
+
+
+def test_directory_that_is_not_a_store(gray_model, tmp_path):
+    path = tmp_path / "data"
+    path.mkdir()
+    (path / "precious.txt").write_text("keep me")
+    with pytest.raises(nm.ModelFormatError, match="not a napari-miner model store"):
+        nm.load(path)
+    with pytest.raises(nm.ModelFormatError, match="not overwritten"):
+        gray_model.save(path)
+    assert (path / "precious.txt").read_text() == "keep me"
+
+
+def test_missing_parent_directory(gray_model, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        gray_model.save(tmp_path / "no" / "such" / "m.miner.zarr")
+
+
+def test_wrong_format_name(tmp_path):
+    path = tmp_path / "other.zarr"
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    group.attrs["format"] = "something-else"
+    with pytest.raises(nm.ModelFormatError, match="not a napari-miner model.*something-else"):
+        nm.load(path)
+    zarr.open_group(str(tmp_path / "bare.zarr"), mode="w")
+    with pytest.raises(nm.ModelFormatError, match="no 'format' attribute"):
+        nm.load(tmp_path / "bare.zarr")
+
+
+def test_newer_format_version(saved):
+    _edit_attributes(saved, format_version=store.FORMAT_VERSION + 1)
+    with pytest.raises(nm.ModelFormatError, match="newer napari-miner.*upgrade"):
+        nm.load(saved)
+
+
+def test_invalid_config_attribute(saved):
+    config = json.loads((saved / ".zattrs").read_text())["config"]
+    _edit_attributes(saved, config={**config, "unknown_setting": 1})
+    with pytest.raises(nm.ModelFormatError, match="invalid config.*unknown_setting"):
+        nm.load(saved)
+
+
+def test_invalid_layout_attribute(saved):
+    layout = json.loads((saved / ".zattrs").read_text())["layout"]
+    _edit_attributes(saved, layout={**layout, "dtype": "|O"})
+    with pytest.raises(nm.ModelFormatError, match="invalid layout"):
+        nm.load(saved)
+
+
+def test_arrays_that_do_not_fit_the_config(saved):
+    config = json.loads((saved / ".zattrs").read_text())["config"]
+    _edit_attributes(saved, config={**config, "hidden_width": config["hidden_width"] + 1})
+    with pytest.raises(nm.ModelFormatError, match=r"weight_0 has shape .* expected"):
+        nm.load(saved)
+
+
+def test_missing_array(saved):
+    shutil.rmtree(saved / "levels" / "1" / "weight_2")
+    with pytest.raises(nm.ModelFormatError, match="'levels/1/weight_2' is missing"):
+        nm.load(saved)
+
+
+def test_missing_chunk_is_detected(saved):
+    chunk = saved / "levels" / "0" / "weight_1" / "0.0.0"
+    chunk.unlink()  # zarr alone would silently read zeros
+    with pytest.raises(nm.ModelFormatError, match="checksum.*incomplete or corrupted"):
+        nm.load(saved)
+
+
+def test_truncated_chunk_is_detected(saved):
+    chunk = saved / "levels" / "0" / "weight_1" / "0.0.0"
+    chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])
+    with pytest.raises(nm.ModelFormatError, match="levels/0/weight_1"):
+        nm.load(saved)
+
+
+def test_corrupted_chunk_is_detected(saved):
+    chunk = saved / "levels" / "1" / "bias_0" / "0.0.0"
+    raw = bytearray(chunk.read_bytes())
+    zarr_array = json.loads((chunk.parent / ".zarray").read_text())
+    assert zarr_array["compressor"]["id"] == "blosc"
+    raw[-1] ^= 0xFF  # flip bits in the payload
+    chunk.write_bytes(bytes(raw))
+    with pytest.raises(nm.ModelFormatError, match="levels/1/bias_0"):
+        nm.load(saved)
+
+
+@pytest.mark.parametrize(
+    "codec",
+    [
+        {"id": "pickle", "protocol": 5},
+        {"id": "fixedscaleoffset", "offset": 0, "scale": 1, "dtype": "<f4"},
+    ],
+)
+def test_codecs_outside_the_whitelist_are_refused(saved, codec):
+    meta_file = saved / "levels" / "0" / "bias_0" / ".zarray"
+    meta = json.loads(meta_file.read_text())
+    meta["filters"] = [codec]
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(nm.ModelFormatError, match="levels/0/bias_0"):
+        nm.load(saved)
+
+
+def test_codec_names_include_nested_codecs():
+    v3 = {
+        "zarr_format": 3,
+        "codecs": [
+            {
+                "name": "sharding_indexed",
+                "configuration": {
+                    "codecs": [{"name": "bytes"}, {"name": "numcodecs.pickle"}],
+                    "index_codecs": [{"name": "crc32c"}],
+                },
+            }
+        ],
+    }
+    assert store._codec_names(v3) == {"sharding_indexed", "bytes", "pickle", "crc32c"}
+    v2 = {"zarr_format": 2, "compressor": {"id": "zstd"}, "filters": [{"id": "pickle"}]}
+    assert store._codec_names(v2) == {"zstd", "pickle"}
+
+
+def test_loading_never_unpickles(saved, gray_model, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the loader must not unpickle")
+
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "Unpickler", forbidden)
+    monkeypatch.setattr(torch, "load", forbidden)
+    _assert_same_model(nm.load(saved), gray_model)
+
+
+# -------------------------------------------------------------------------------- atomicity
+def _fail_on_second_array(monkeypatch):
+    real = store._write_array
+    calls = []
+
+    def failing(group, name, data):
+        calls.append(name)
+        if len(calls) == 2:
+            raise RuntimeError("simulated crash while writing")
+        real(group, name, data)
+
+    monkeypatch.setattr(store, "_write_array", failing)
+
+
+def test_failed_save_leaves_nothing(gray_model, tmp_path, monkeypatch):
+    _fail_on_second_array(monkeypatch)
+    path = tmp_path / "m.miner.zarr"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        gray_model.save(path)
+    assert not os.path.lexists(path)
+    assert _siblings(path) == []
+    with pytest.raises(nm.ModelFormatError):
+        nm.load(path)
+
+
+def test_failed_save_keeps_the_previous_model(models, saved, monkeypatch):
+    _fail_on_second_array(monkeypatch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        models["uint16"].save(saved)
+    _assert_same_model(nm.load(saved), models["gray"])
+    assert _siblings(saved) == []
+
+
+def test_failed_rename_restores_the_previous_model(models, saved, monkeypatch):
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if ".tmp-" in os.fspath(src):
+            raise OSError("simulated rename failure")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(store.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="simulated rename failure"):
+        models["uint16"].save(saved)
+    monkeypatch.undo()
+    _assert_same_model(nm.load(saved), models["gray"])
+    assert _siblings(saved) == []
+
+
+def test_store_without_attributes_never_loads(gray_model, tmp_path, monkeypatch):
+    # a store whose arrays were written but whose attributes were not is not a model
+    def no_attributes(directory, arrays, attributes):
+        real_write(directory, arrays, {})
+
+    real_write = store._write_store
+    monkeypatch.setattr(store, "_write_store", no_attributes)
+    path = tmp_path / "m.miner.zarr"
+    gray_model.save(path)
+    with pytest.raises(nm.ModelFormatError, match="not a napari-miner model"):
+        nm.load(path)
+
+
+def test_interrupted_swap_is_reported(saved, tmp_path):
+    backup = tmp_path / f".{saved.name}.old-1234abcd"
+    os.replace(saved, backup)  # as if the process died between moving aside and renaming
+    with pytest.raises(nm.ModelFormatError, match=r"interrupted.*\.old-1234abcd"):
+        nm.load(saved)
+
+
+def test_save_rejects_non_models(tmp_path):
+    with pytest.raises(TypeError):
+        store.save_model("not a model", tmp_path / "m.miner.zarr")
