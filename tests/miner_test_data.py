@@ -5,6 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 
+def smooth(shape: tuple[int, ...], seed: int = 0, frequency: float = 3.0) -> np.ndarray:
+    """A smooth random signal in [-1, 1] (sum of phase-shifted sines along every axis), float64."""
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*[np.linspace(0, 1, s) for s in shape], indexing="ij")
+    phase = rng.random(len(shape)) * 6
+    return sum(np.sin(frequency * g + p) for g, p in zip(grids, phase, strict=True)) / len(shape)
+
+
 def spheres(n: int, count: int = 6, seed: int = 0) -> np.ndarray:
     """Union of random spheres in an ``n``³ boolean volume."""
     rng = np.random.default_rng(seed)

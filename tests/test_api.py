@@ -1,19 +1,13 @@
 import numpy as np
 import pytest
 import torch
+from miner_test_data import smooth
 from skimage import data
 
 import napari_miner as nm
 from napari_miner.core.metrics import psnr
 
 SMALL = nm.MinerConfig(n_levels=2, block_size=8, max_steps=40)
-
-
-def _smooth(shape, seed=0):
-    rng = np.random.default_rng(seed)
-    grids = np.meshgrid(*[np.linspace(0, 1, s) for s in shape], indexing="ij")
-    phase = rng.random(len(shape)) * 6
-    return sum(np.sin(3 * g + p) for g, p in zip(grids, phase, strict=True)) / len(shape)
 
 
 def test_camera_reaches_35_db():
@@ -29,7 +23,7 @@ def test_camera_reaches_35_db():
     [(np.uint8, 255), (np.uint16, 4000), (np.int32, 1e6), (np.float32, 1.0), (np.float64, 5.0)],
 )
 def test_decode_keeps_dtype_and_value_range(dtype, scale):
-    image = ((_smooth((40, 56)) + 1) / 2 * scale).astype(dtype)
+    image = ((smooth((40, 56)) + 1) / 2 * scale).astype(dtype)
     model = nm.fit(image, SMALL, device="cpu")
     decoded = model.decode()
     assert decoded.dtype == image.dtype and decoded.shape == image.shape
@@ -38,18 +32,18 @@ def test_decode_keeps_dtype_and_value_range(dtype, scale):
 
 
 def test_rgba_and_multichannel_layouts():
-    rgba = (np.stack([_smooth((33, 47), s) for s in range(4)], -1) * 100 + 120).astype(np.uint8)
+    rgba = (np.stack([smooth((33, 47), s) for s in range(4)], -1) * 100 + 120).astype(np.uint8)
     model = nm.fit(rgba, SMALL, device="cpu")
     assert model.is_rgb and model.decode().shape == (33, 47, 4)
     assert model.decode(1).shape == (17, 24, 4)
-    channels = np.stack([_smooth((33, 47), s) for s in range(5)]).astype(np.float32)
+    channels = np.stack([smooth((33, 47), s) for s in range(5)]).astype(np.float32)
     model = nm.fit(channels, SMALL, device="cpu", channel_axis=0)
     assert not model.is_rgb and model.decode().shape == (5, 33, 47)
     assert psnr(channels, model.decode()) > 25
 
 
 def test_volume_decodes_to_the_exact_shape():
-    volume = _smooth((19, 23, 17)).astype(np.float32)
+    volume = smooth((19, 23, 17)).astype(np.float32)
     model = nm.fit(
         volume, nm.MinerConfig.for_volume(n_levels=2, block_size=8, max_steps=20), device="cpu"
     )
@@ -81,7 +75,7 @@ def test_closing_fit_iter_cancels_and_keeps_a_valid_partial_model():
 
 
 def test_fit_is_deterministic_for_a_seed():
-    image = _smooth((32, 32)).astype(np.float32)
+    image = smooth((32, 32)).astype(np.float32)
     a = nm.fit(image, SMALL, device="cpu").decode()
     b = nm.fit(image, SMALL, device="cpu").decode()
     np.testing.assert_array_equal(a, b)
@@ -95,7 +89,7 @@ def test_constant_image():
 
 def test_dask_input():
     da = pytest.importorskip("dask.array")
-    image = _smooth((40, 40)).astype(np.float32)
+    image = smooth((40, 40)).astype(np.float32)
     model = nm.fit(da.from_array(image, chunks=16), SMALL, device="cpu")
     assert model.decode().shape == (40, 40)
 
@@ -159,7 +153,7 @@ def test_torch_failures_become_training_errors(monkeypatch):
 
     monkeypatch.setattr(trainer, "bank_sse_and_grads", broken)
     with pytest.raises(nm.TrainingError, match="simulated kernel failure"):
-        nm.fit(_smooth((32, 32)).astype(np.float32), SMALL, device="cpu")
+        nm.fit(smooth((32, 32)).astype(np.float32), SMALL, device="cpu")
 
 
 @pytest.mark.gpu

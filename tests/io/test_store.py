@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from miner_test_data import smooth
 
 import napari_miner as nm
 from napari_miner.io import store
@@ -16,20 +17,13 @@ from napari_miner.io import store
 TINY = nm.MinerConfig(n_levels=3, block_size=8, max_steps=20)
 
 
-def _smooth(shape, seed=0):
-    rng = np.random.default_rng(seed)
-    grids = np.meshgrid(*[np.linspace(0, 1, s) for s in shape], indexing="ij")
-    phase = rng.random(len(shape)) * 6
-    return sum(np.sin(5 * g + p) for g, p in zip(grids, phase, strict=True)) / len(shape)
-
-
 def _inputs():
     rng = np.random.default_rng(7)
     return {
         "gray": rng.random((37, 50), dtype=np.float32),
         "rgb": rng.integers(0, 256, size=(45, 29, 3), dtype=np.uint8),
-        "uint16": ((_smooth((40, 56)) + 1) * 3000).astype(np.uint16),
-        "volume": _smooth((19, 23, 17), seed=3).astype(np.float32),
+        "uint16": ((smooth((40, 56), frequency=5.0) + 1) * 3000).astype(np.uint16),
+        "volume": smooth((19, 23, 17), seed=3, frequency=5.0).astype(np.float32),
     }
 
 
