@@ -1,14 +1,17 @@
-"""``python -m napari_miner``: fit a sample image with MINER and browse its levels in napari.
+"""``python -m napari_miner``: the napari-miner demo.
 
 Examples
 --------
-python -m napari_miner                                  # astronaut, default config, napari window
-python -m napari_miner --image camera --max-steps 200   # a shorter demo
-python -m napari_miner --screenshot miner.png           # save the canvas and exit
+python -m napari_miner --fit                            # napari + the MINER widget, fitting the astronaut
+python -m napari_miner --image retina                   # the widget docked; press Fit
+python -m napari_miner --image camera --screenshot m.png  # fit, show every level side by side, save, exit
 
-On Linux without a display (no ``DISPLAY``/``WAYLAND_DISPLAY``) the command re-runs itself
-under ``xvfb-run`` when that is installed, and then saves a screenshot instead of opening an
-interactive window (which nobody could see).
+With a display, napari opens with the sample image and the "MINER fit" widget docked (``--fit``
+starts fitting at once: watch the levels train and the active blocks shrink). With
+``--screenshot``, the image is fitted first and napari shows the input and every level side by side
+in grid mode, saves the canvas and exits. On Linux without a display (no ``DISPLAY``/
+``WAYLAND_DISPLAY``) the command re-runs itself under ``xvfb-run`` when that is installed, in the
+screenshot mode (nobody could see a window).
 """
 
 from __future__ import annotations
@@ -62,13 +65,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="PATH",
         help="save a PNG of the canvas after adding the layers and exit (no event loop)",
     )
+    parser.add_argument(
+        "--fit",
+        action="store_true",
+        help="start fitting in the MINER widget as soon as napari opens",
+    )
     args = parser.parse_args(argv)
     if args.max_steps is not None and args.max_steps < 1:
         parser.error("--max-steps must be at least 1")
     return args
 
 
-def _needs_virtual_display() -> bool:
+def needs_virtual_display() -> bool:
+    """Whether Qt has no display to draw on (Linux without X11/Wayland), so Xvfb is needed."""
     return (
         sys.platform.startswith("linux")
         and not os.environ.get("DISPLAY")
@@ -92,6 +101,26 @@ def _reexec_under_xvfb(argv: list[str], screenshot: Path | None) -> None:
     os.environ[_REEXEC_FLAG] = "1"
     cmd = [xvfb_run, "-a", "-s", "-screen 0 1280x1024x24", sys.executable, "-m", "napari_miner"]
     os.execv(xvfb_run, [*cmd, *argv])
+
+
+def open_widget(args: argparse.Namespace) -> int:
+    """Open napari with the demo image and the "MINER fit" widget docked (fitting with ``--fit``)."""
+    import napari
+
+    from napari_miner._napari.widget import MinerWidget
+
+    image = load_image(args.image)
+    viewer = napari.Viewer(title=f"napari-miner: {args.image}")
+    viewer.add_image(image, name=args.image)
+    widget = MinerWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="MINER fit", area="right")
+    if args.max_steps is not None:
+        widget.steps_spin.setValue(args.max_steps)
+    widget.device_combo.setCurrentText("cuda" if args.device.startswith("cuda") else args.device)
+    if args.fit:
+        widget.start()
+    napari.run()
+    return 0
 
 
 def fit_with_progress(image: np.ndarray, config: Any, device: str, interval_s: float = 1.0):
@@ -145,8 +174,10 @@ def _settle(viewer: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    if _needs_virtual_display():
+    if needs_virtual_display():
         _reexec_under_xvfb(argv, args.screenshot)  # returns only if xvfb-run is unavailable
+    if args.screenshot is None:  # interactive: fit in the widget, watch the levels train
+        return open_widget(args)
 
     from napari_miner import MinerConfig
 

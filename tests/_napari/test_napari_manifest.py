@@ -54,3 +54,14 @@ def test_plugin_manager_discovers_sample_data():
     assert layer_type == "image"
     assert kwargs["rgb"] is True
     assert data.shape == (512, 512, 3)
+
+
+def test_plugin_manager_discovers_the_dock_widget():
+    pm = npe2.PluginManager()
+    pm.discover()
+    widgets = {w.display_name: w for w in pm.iter_widgets() if w.plugin_name == PLUGIN}
+    assert list(widgets) == ["MINER fit"]
+    from napari_miner._napari.widget import MinerWidget
+
+    command = pm.get_command(widgets["MINER fit"].command)
+    assert npe2.manifest.utils.import_python_name(command.python_name) is MinerWidget

@@ -1,0 +1,225 @@
+"""The layers the MINER dock widget shows while (and after) fitting; main thread only.
+
+Every layer lines up with the input layer, including an input layer that has its own ``scale`` and
+``translate``: a level-``j`` pixel spans ``2**j`` input pixels, so its scale is ``2**j`` times the
+input's and its translate is the input's plus ``(2**j - 1) / 2`` input pixels
+(:func:`~napari_miner._napari.levels.level_transform`); the overlay's cells are whole level-0
+blocks (``block_size`` input pixels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .levels import level_layer_name, level_transform
+
+__all__ = [
+    "LiveLayers",
+    "SourceInfo",
+    "compose",
+    "final_layer_name",
+    "level_colormap",
+    "overlay_layer_name",
+]
+
+
+def final_layer_name(name: str) -> str:
+    """Name of the fitted model's multiscale layer."""
+    return f"{name} · MINER"
+
+
+def overlay_layer_name(name: str) -> str:
+    """Name of the active-blocks overlay."""
+    return f"{name} · MINER active blocks"
+
+
+def compose(
+    transform: tuple[tuple[float, ...], tuple[float, ...]],
+    scale: tuple[float, ...],
+    translate: tuple[float, ...],
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Apply a pixel-space ``(scale, translate)`` inside the input layer's ``scale``/``translate``.
+
+    World position of data index ``i``: ``translate + scale * (t + s * i)``, so the composed
+    transform is ``(scale * s, translate + scale * t)``.
+    """
+    s, t = transform
+    new_scale = tuple(float(a) * float(b) for a, b in zip(scale, s, strict=True))
+    new_translate = tuple(
+        float(t0) + float(a) * float(b) for t0, a, b in zip(translate, scale, t, strict=True)
+    )
+    return new_scale, new_translate
+
+
+def level_colormap(n_levels: int) -> Any:
+    """Labels colormap of the overlay: label ``1 + j`` in level ``j``'s colour of the PSNR plot."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    from ._plot import level_color
+
+    colors: dict[Any, Any] = {None: "transparent", 0: "transparent"}
+    for j in range(n_levels):
+        colors[j + 1] = level_color(j).name()
+    return DirectLabelColormap(color_dict=colors)
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the live layers copy from the input layer (read once, on the main thread)."""
+
+    name: str
+    scale: tuple[float, ...]
+    translate: tuple[float, ...]
+    rgb: bool
+    contrast_limits: tuple[float, float] | None = None
+    colormap: Any = None
+    gamma: float = 1.0
+
+    @classmethod
+    def from_layer(cls, layer: Any) -> SourceInfo:
+        """Read the display settings of a napari Image layer."""
+        rgb = bool(layer.rgb)
+        return cls(
+            name=str(layer.name),
+            scale=tuple(float(v) for v in layer.scale),
+            translate=tuple(float(v) for v in layer.translate),
+            rgb=rgb,
+            contrast_limits=tuple(float(v) for v in layer.contrast_limits),
+            colormap=None if rgb else layer.colormap,
+            gamma=float(layer.gamma),
+        )
+
+    @property
+    def ndim(self) -> int:
+        """Spatial dimensions of the input layer."""
+        return len(self.scale)
+
+
+class LiveLayers:
+    """Creates, refreshes and finally replaces the MINER layers of one fit.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+        The viewer (possibly napari's public-only proxy).
+    source : SourceInfo
+        The input layer's name, transform and display settings.
+    block_size : int
+        Block side of the fit (overlay cell size in input pixels).
+    n_levels : int
+        Pyramid levels of the fit (overlay labels ``1 … n_levels``).
+    """
+
+    def __init__(self, viewer: Any, source: SourceInfo, block_size: int, n_levels: int) -> None:
+        self.viewer = viewer
+        self.source = source
+        self.block_size = block_size
+        self.n_levels = n_levels
+        self.level_layers: dict[int, Any] = {}
+        self.overlay: Any = None
+        self.final: Any = None
+
+    # ---------------------------------------------------------------- transforms
+    def level_transform(self, level: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """World ``(scale, translate)`` of level ``level``'s layer."""
+        src = self.source
+        return compose(level_transform(level, src.ndim), src.scale, src.translate)
+
+    def overlay_transform(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """World ``(scale, translate)`` of the level-0 block-grid overlay."""
+        src, b = self.source, float(self.block_size)
+        return compose(((b,) * src.ndim, ((b - 1) / 2,) * src.ndim), src.scale, src.translate)
+
+    # -------------------------------------------------------------------- layers
+    def _image_kwargs(self) -> dict[str, Any]:
+        src = self.source
+        kwargs: dict[str, Any] = {"rgb": src.rgb}
+        if src.contrast_limits is not None and src.contrast_limits[1] > src.contrast_limits[0]:
+            kwargs["contrast_limits"] = src.contrast_limits
+        if src.colormap is not None:
+            kwargs["colormap"] = src.colormap
+            kwargs["gamma"] = src.gamma
+        return kwargs
+
+    def _present(self, layer: Any) -> bool:
+        return layer is not None and layer in self.viewer.layers
+
+    def show_level(self, level: int, data: np.ndarray) -> Any:
+        """Create the live layer of ``level`` or replace its data."""
+        layer = self.level_layers.get(level)
+        if self._present(layer):
+            layer.data = data
+            return layer
+        scale, translate = self.level_transform(level)
+        layer = self.viewer.add_image(
+            data,
+            name=level_layer_name(self.source.name, level),
+            scale=scale,
+            translate=translate,
+            **self._image_kwargs(),
+        )
+        self.level_layers[level] = layer
+        self._overlay_on_top()
+        return layer
+
+    def show_overlay(self, labels: np.ndarray) -> Any:
+        """Create the active-blocks overlay or replace its labels."""
+        if self._present(self.overlay):
+            self.overlay.data = labels
+            return self.overlay
+        scale, translate = self.overlay_transform()
+        self.overlay = self.viewer.add_labels(
+            labels,
+            name=overlay_layer_name(self.source.name),
+            scale=scale,
+            translate=translate,
+            opacity=0.4,
+            colormap=level_colormap(self.n_levels),
+        )
+        return self.overlay
+
+    def show_final(self, pyramid: list | None, model: Any) -> Any:
+        """Show the fitted model as one lazy multiscale layer (hides the per-level layers).
+
+        Without a pyramid (``as_pyramid`` unavailable) the level layers stay as the result.
+        """
+        if not pyramid:
+            return None
+        if self._present(self.final):
+            self.viewer.layers.remove(self.final)
+        src = self.source
+        self.final = self.viewer.add_image(
+            pyramid,
+            name=final_layer_name(src.name),
+            multiscale=True,
+            scale=src.scale,
+            translate=src.translate,
+            **self._image_kwargs(),
+        )
+        for layer in self.level_layers.values():
+            if self._present(layer):
+                layer.visible = False
+        self._overlay_on_top()
+        return self.final
+
+    def _overlay_on_top(self) -> None:
+        if not self._present(self.overlay):
+            return
+        layers = self.viewer.layers
+        index = layers.index(self.overlay)
+        if index != len(layers) - 1:
+            layers.move(index, len(layers))
+
+    def all_layers(self) -> list[Any]:
+        """Every layer of this fit still in the viewer."""
+        candidates = [*self.level_layers.values(), self.overlay, self.final]
+        return [layer for layer in candidates if self._present(layer)]
+
+    def remove(self) -> None:
+        """Remove every layer of this fit from the viewer."""
+        for layer in self.all_layers():
+            self.viewer.layers.remove(layer)
+        self.level_layers, self.overlay, self.final = {}, None, None

@@ -1,0 +1,452 @@
+"""The "MINER fit" dock widget in a real viewer (under Xvfb): fitting, live layers, stop, pause,
+errors, closing, transforms and what the canvas shows."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from qtpy.QtCore import Qt, QThreadPool
+from skimage import data as skdata
+from skimage.transform import resize
+
+from napari_miner import MinerConfig, load
+from napari_miner._napari.widget import MinerWidget
+
+pytestmark = pytest.mark.viewer
+
+# runs every level to max_steps (no plateau/target stop) so that a fit lasts long enough to act on
+LONG = {"plateau_rel_tol": 0.0, "final_plateau_rel_tol": 0.0, "target_psnr": 100.0}
+
+
+@pytest.fixture(scope="module")
+def camera64() -> np.ndarray:
+    return skdata.camera()[::8, ::8].copy()  # 64x64 uint8
+
+
+@pytest.fixture(scope="module")
+def astronaut64() -> np.ndarray:
+    return skdata.astronaut()[::8, ::8].copy()  # 64x64x3 uint8
+
+
+def _widget(viewer, *, levels=3, block=8, steps=30, **overrides) -> MinerWidget:
+    widget = MinerWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="MINER fit")
+    widget.levels_spin.setValue(levels)
+    widget.block_spin.setValue(block)
+    widget.steps_spin.setValue(steps)
+    widget.device_combo.setCurrentText("cpu")
+    widget.refresh_interval_s = 0.05
+    widget.ui_interval_s = 0.05
+    widget.config_overrides = dict(overrides)
+    return widget
+
+
+def _click(qtbot, button) -> None:
+    assert button.isEnabled()
+    qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+
+
+def _wait_idle(qtbot, widget, timeout=20_000) -> None:
+    qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
+
+
+def _wait_step(qtbot, widget, level=None, timeout=20_000) -> None:
+    def ok():
+        s = widget.last_status
+        return s is not None and s.step > 0 and (level is None or s.level == level)
+
+    qtbot.waitUntil(ok, timeout=timeout)
+
+
+def _expected_labels(model) -> np.ndarray:
+    """Level-0 block grid: 1 + finest level with an MLP over the cell (computed independently)."""
+    grid0 = model.levels[0].grid.grid_shape
+    labels = np.zeros(grid0, dtype=int)
+    for idx in np.ndindex(*grid0):
+        for j in range(model.n_levels):
+            mask = model.levels[j].active_mask()
+            if mask[tuple(i // 2**j for i in idx)]:
+                labels[idx] = j + 1
+                break
+    return labels
+
+
+def _notifications(monkeypatch) -> list[str]:
+    """Messages passed to napari's show_error (as the widget imports it at call time)."""
+    import napari.utils.notifications as notifications
+
+    messages: list[str] = []
+    original = notifications.show_error
+
+    def capture(message, *args, **kwargs):
+        messages.append(str(message))
+        return original(message, *args, **kwargs)
+
+    monkeypatch.setattr(notifications, "show_error", capture)
+    return messages
+
+
+# ------------------------------------------------------------- worker (no GUI needed)
+def _run_messages(image, config, handle_frames: bool, **kwargs):
+    from napari_miner._napari._worker import FitControl, LevelData, fit_messages
+
+    control = FitControl()
+    messages = []
+    for message in fit_messages(image, config, "cpu", False, control, **kwargs):
+        messages.append(message)
+        if handle_frames and isinstance(message, LevelData) and message.kind == "preview":
+            control.frame_handled()
+    assert control.done.is_set()
+    return messages
+
+
+def test_worker_messages_are_throttled(camera64):
+    import time
+
+    from napari_miner._napari._worker import Done, LevelData, Status
+
+    config = MinerConfig(n_levels=3, block_size=8, max_steps=150, progress_every=1, **LONG)
+    t0 = time.monotonic()
+    messages = _run_messages(
+        camera64, config, handle_frames=True, ui_interval_s=0.25, refresh_interval_s=0.5
+    )
+    elapsed = time.monotonic() - t0
+    statuses = [m for m in messages if isinstance(m, Status)]
+    previews = [m for m in messages if isinstance(m, LevelData) and m.kind == "preview"]
+    finals = [m for m in messages if isinstance(m, LevelData) and m.kind == "final"]
+    # 450 Progress events: statuses at most every 0.25 s (plus 2 per level: start and finish)
+    assert len(statuses) <= elapsed / 0.25 + 2 * 3 + 1
+    assert len(previews) <= elapsed / 0.5 + 3 + 1
+    assert [m.level for m in finals] == [2, 1, 0]
+    # every Progress point reaches the plot even though statuses are throttled
+    assert isinstance(messages[-1], Done) and not messages[-1].stopped
+    steps = sum(level.stats["steps"] for level in messages[-1].model.levels)
+    assert sum(len(s.history) for s in statuses) == steps + 3  # + each level's final PSNR
+    np.testing.assert_array_equal(finals[-1].data, messages[-1].model.decode(0))
+
+
+def test_worker_never_queues_more_than_one_preview(camera64):
+    from napari_miner._napari._worker import LevelData, block_labels
+
+    config = MinerConfig(n_levels=3, block_size=8, max_steps=60, **LONG)
+    messages = _run_messages(camera64, config, handle_frames=False, refresh_interval_s=0.0)
+    previews = [m for m in messages if isinstance(m, LevelData) and m.kind == "preview"]
+    assert len(previews) == 1  # the GUI never handled it, so no second one was decoded
+    # the live overlay rule equals the model's (finest level with an MLP wins)
+    from napari_miner.core.overlay import active_block_labels
+
+    model = messages[-1].model
+    masks = {j: level.active_mask() for j, level in enumerate(model.levels)}
+    np.testing.assert_array_equal(
+        block_labels(masks, model.levels[0].grid.grid_shape), active_block_labels(model)[0]
+    )
+
+
+# ------------------------------------------------------------------------------ form
+def test_input_selector_and_defaults(make_napari_viewer):
+    import torch
+
+    viewer = make_napari_viewer()
+    viewer.add_labels(np.zeros((8, 8), dtype=np.uint8), name="labels")
+    viewer.add_points([[1, 1]], name="points")
+    viewer.add_image(np.zeros((16, 16)), name="a")
+    widget = _widget(viewer)
+    assert widget.input_choices() == ["a"]
+    viewer.add_image(np.zeros((16, 16, 3), dtype=np.uint8), name="b")
+    assert widget.input_choices() == ["a", "b"]
+    assert widget.selected_layer().name == "a"  # the choice is kept
+    viewer.layers["a"].name = "renamed"
+    assert widget.input_choices() == ["renamed", "b"]
+    viewer.layers.remove("renamed")
+    assert widget.input_choices() == ["b"]
+    assert widget.selected_layer().name == "b"
+
+    # the form starts at MinerConfig's defaults (the test helper changed three of them)
+    fresh = MinerWidget(viewer)
+    defaults = MinerConfig()
+    assert fresh.config() == defaults
+    fresh.deleteLater()
+    cuda_item = widget.device_combo.model().item(2)
+    assert widget.device_combo.itemText(2) == "cuda"
+    assert cuda_item.isEnabled() == torch.cuda.is_available()
+
+
+def test_unavailable_cuda_and_bad_settings_notify(make_napari_viewer, monkeypatch):
+    import napari_miner._napari.widget as widget_module
+
+    messages = _notifications(monkeypatch)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32), dtype=np.float32), name="img")
+    widget = _widget(viewer)
+    monkeypatch.setattr(widget_module, "_cuda_available", lambda: False)
+    widget.device_combo.setCurrentText("cuda")
+    assert not widget.start()
+    assert "CUDA is not available" in messages[-1]
+    widget.device_combo.setCurrentText("cpu")
+    widget.config_overrides = {"lr_decay": 2.0}
+    assert not widget.start()
+    assert "lr_decay" in messages[-1]
+    assert not widget.running and widget.fit_button.text() == "Fit"
+
+
+# ---------------------------------------------------------------------------- fitting
+def test_fit_shows_live_levels_overlay_and_final_model(
+    make_napari_viewer, qtbot, camera64, tmp_path, monkeypatch
+):
+    viewer = make_napari_viewer()
+    viewer.add_image(camera64, name="cam")
+    widget = _widget(viewer)
+    overlays: list[np.ndarray] = []
+    from napari_miner._napari import _live_layers
+
+    original = _live_layers.LiveLayers.show_overlay
+
+    def record(self, labels):
+        overlays.append((widget.model is None, labels.copy()))
+        return original(self, labels)
+
+    monkeypatch.setattr(_live_layers.LiveLayers, "show_overlay", record)
+    _click(qtbot, widget.fit_button)
+    assert widget.running and widget.fit_button.text() == "Stop"
+    assert not widget.save_button.isEnabled()
+    names = [f"cam · MINER level {j}" for j in range(3)]
+    qtbot.waitUntil(lambda: all(n in viewer.layers for n in names), timeout=20_000)
+    qtbot.waitUntil(lambda: "cam · MINER active blocks" in viewer.layers, timeout=20_000)
+    _wait_idle(qtbot, widget)
+
+    model = widget.model
+    assert model is not None and model.shape == camera64.shape
+    assert widget.save_button.isEnabled() and widget.fit_button.text() == "Fit"
+    assert "done" in widget.status_label.text()
+    # the overlay was drawn while training, before the model existed
+    assert any(before_done for before_done, _ in overlays)
+    # finished model: label > 0 exactly where some level has an MLP, value = 1 + finest level
+    overlay = viewer.layers["cam · MINER active blocks"]
+    expected = _expected_labels(model)
+    np.testing.assert_array_equal(overlay.data, expected)
+    assert overlay.data.shape == model.levels[0].grid.grid_shape
+    np.testing.assert_allclose(overlay.scale, [8, 8])
+    np.testing.assert_allclose(overlay.translate, [3.5, 3.5])
+    # the level layers hold the finished levels; the lazy multiscale layer is the result
+    for j in range(3):
+        layer = viewer.layers[names[j]]
+        assert layer.data.shape == model.level_shape(j)
+        assert layer.data.dtype == camera64.dtype
+        np.testing.assert_allclose(layer.scale, [2**j] * 2)
+        np.testing.assert_allclose(layer.translate, [(2**j - 1) / 2] * 2)
+    final = viewer.layers["cam · MINER"]
+    assert final.multiscale and final.data[0].shape == camera64.shape
+    np.testing.assert_array_equal(np.asarray(final.data[0]), model.decode(0))
+    assert viewer.layers[-1] is overlay or viewer.layers[-1].name == overlay.name
+    # progress line, plot and progress bar
+    assert widget.plot.points and all(np.isfinite(widget.plot.ys))
+    assert widget.last_status.level == 0
+    assert widget._pbar is None  # closed
+    assert 0 < widget._pbar_value <= 3 * 30  # never past the total (levels x max steps)
+    # Save model… writes <layer>.miner.zarr
+    assert widget.default_save_name() == "cam.miner.zarr"
+    target = tmp_path / "cam.miner.zarr"
+    monkeypatch.setattr(widget, "ask_save_path", lambda default: str(target))
+    _click(qtbot, widget.save_button)
+    np.testing.assert_array_equal(load(target).decode(0), model.decode(0))
+
+
+def test_stop_mid_fit_keeps_a_usable_partial_model(make_napari_viewer, qtbot, camera64, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.add_image(camera64, name="cam")
+    widget = _widget(viewer, steps=100_000, **LONG)
+    _click(qtbot, widget.fit_button)
+    _wait_step(qtbot, widget, level=1)
+    _click(qtbot, widget.fit_button)  # "Stop"
+    _wait_idle(qtbot, widget)
+    model = widget.model
+    assert model is not None
+    assert "stopped" in widget.status_label.text()
+    assert model.decode(0).shape == camera64.shape
+    assert model.levels[2].n_mlps > 0 and model.levels[1].n_mlps > 0
+    assert model.levels[0].n_mlps == 0  # never reached
+    assert widget.save_button.isEnabled()
+    assert widget.last_status.step < 100_000
+    assert "cam · MINER" in viewer.layers
+    assert widget.save(str(tmp_path / "partial")) == str(tmp_path / "partial.miner.zarr")
+    assert load(tmp_path / "partial.miner.zarr").n_levels == 3
+
+
+def test_pause_and_resume(make_napari_viewer, qtbot, camera64):
+    viewer = make_napari_viewer()
+    viewer.add_image(camera64, name="cam")
+    widget = _widget(viewer, steps=100_000, **LONG)
+    _click(qtbot, widget.fit_button)
+    _wait_step(qtbot, widget)
+    _click(qtbot, widget.pause_button)
+    assert widget.paused and widget.pause_button.text() == "Resume"
+    qtbot.wait(400)  # let an update already in flight arrive
+    paused_at = (widget.last_status.level, widget.last_status.step)
+    qtbot.wait(800)
+    assert (widget.last_status.level, widget.last_status.step) == paused_at
+    assert "paused" in widget.status_label.text()
+    _click(qtbot, widget.pause_button)
+    assert not widget.paused and widget.pause_button.text() == "Pause"
+    qtbot.waitUntil(
+        lambda: (widget.last_status.level, widget.last_status.step) != paused_at, timeout=10_000
+    )
+    _click(qtbot, widget.pause_button)  # pause again, then stop while paused
+    assert widget.paused
+    _click(qtbot, widget.fit_button)
+    _wait_idle(qtbot, widget, timeout=5_000)
+    assert "stopped" in widget.status_label.text() and widget.model is not None
+
+
+def test_training_error_becomes_a_notification(make_napari_viewer, qtbot, camera64, monkeypatch):
+    import napari_miner.core.trainer as trainer
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom from torch")
+
+    monkeypatch.setattr(trainer, "bank_sse_and_grads", boom)
+    messages = _notifications(monkeypatch)
+    viewer = make_napari_viewer()
+    viewer.add_image(camera64, name="cam")
+    widget = _widget(viewer)
+    _click(qtbot, widget.fit_button)
+    _wait_idle(qtbot, widget)
+    assert any("boom from torch" in m for m in messages), messages
+    assert widget.fit_button.text() == "Fit" and widget.fit_button.isEnabled()
+    assert not widget.pause_button.isEnabled()
+    assert widget.levels_spin.isEnabled()
+    assert "failed" in widget.status_label.text()
+    assert widget.model is None and not widget.save_button.isEnabled()
+
+
+def test_closing_the_viewer_stops_the_worker(make_napari_viewer, qtbot, camera64):
+    viewer = make_napari_viewer()
+    viewer.add_image(camera64, name="cam")
+    widget = _widget(viewer, steps=100_000, **LONG)
+    _click(qtbot, widget.fit_button)
+    _wait_step(qtbot, widget)
+    worker, control = widget.worker, widget._control
+    viewer.close()
+    assert control.done.is_set()  # the generator ended (its thread is free)
+    assert not worker.is_running
+    assert widget.worker is None
+    assert QThreadPool.globalInstance().waitForDone(5000)
+    assert QThreadPool.globalInstance().activeThreadCount() == 0
+
+
+def test_closing_the_dock_widget_stops_the_worker(make_napari_viewer, qtbot, camera64):
+    viewer = make_napari_viewer()
+    viewer.add_image(camera64, name="cam")
+    widget = _widget(viewer, steps=100_000, **LONG)
+    _click(qtbot, widget.fit_button)
+    _wait_step(qtbot, widget)
+    worker, control = widget.worker, widget._control
+    viewer.window.remove_dock_widget(widget)
+    assert control.done.is_set() and not worker.is_running and not widget.running
+    assert QThreadPool.globalInstance().waitForDone(5000)
+    widget.deleteLater()
+
+
+def test_public_proxy_viewer_rgb_fit(make_napari_viewer_proxy, qtbot, astronaut64):
+    """napari's plugin proxy raises if napari objects are set from another thread."""
+    from napari.utils._proxies import PublicOnlyProxy
+
+    viewer = make_napari_viewer_proxy()
+    assert isinstance(viewer, PublicOnlyProxy)
+    viewer.add_image(astronaut64, name="astro")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        widget = _widget(viewer)
+        _click(qtbot, widget.fit_button)
+        _wait_idle(qtbot, widget)
+    private = [w for w in caught if "Private attribute access" in str(w.message)]
+    assert not private, [str(w.message) for w in private]
+    assert "done" in widget.status_label.text(), widget.status_label.text()
+    for j in range(3):
+        layer = viewer.layers[f"astro · MINER level {j}"]
+        assert layer.rgb and layer.data.shape == (*widget.model.level_shape(j), 3)
+    assert viewer.layers["astro · MINER"].rgb
+
+
+def test_scaled_translated_input(make_napari_viewer, qtbot, camera64):
+    viewer = make_napari_viewer()
+    scale, translate = np.array([2.0, 0.5]), np.array([10.0, -3.0])
+    viewer.add_image(camera64, name="cam", scale=scale, translate=translate)
+    widget = _widget(viewer)
+    _click(qtbot, widget.fit_button)
+    _wait_idle(qtbot, widget)
+    source = viewer.layers["cam"]
+    for j in range(3):
+        layer = viewer.layers[f"cam · MINER level {j}"]
+        np.testing.assert_allclose(layer.scale, 2**j * scale)
+        np.testing.assert_allclose(layer.translate, translate + (2**j - 1) / 2 * scale)
+        # level pixel (i, k) is centred on the input pixels it summarises
+        f = 2**j
+        for i, k in [(0, 0), (1, 2)]:
+            centre = (i * f + (f - 1) / 2, k * f + (f - 1) / 2)
+            np.testing.assert_allclose(layer.data_to_world((i, k)), source.data_to_world(centre))
+    overlay = viewer.layers["cam · MINER active blocks"]
+    np.testing.assert_allclose(overlay.scale, 8 * scale)
+    np.testing.assert_allclose(overlay.translate, translate + 3.5 * scale)
+    # cell (1, 2) covers input pixels [8, 16) x [16, 24)
+    np.testing.assert_allclose(overlay.data_to_world((1, 2)), source.data_to_world((11.5, 19.5)))
+    final = viewer.layers["cam · MINER"]
+    np.testing.assert_allclose(final.scale, scale)
+    np.testing.assert_allclose(final.translate, translate)
+
+
+def test_volume_input(make_napari_viewer, qtbot):
+    rng = np.random.default_rng(0)
+    z, y, x = np.mgrid[:24, :32, :32]
+    volume = np.sin(x / 5.0) + np.cos(y / 7.0) + z / 24.0 + 0.05 * rng.random((24, 32, 32))
+    viewer = make_napari_viewer()
+    viewer.add_image(volume.astype(np.float32), name="vol", scale=(3.0, 1.0, 1.0))
+    widget = _widget(viewer, levels=2, steps=20)
+    _click(qtbot, widget.fit_button)
+    _wait_idle(qtbot, widget)
+    assert "done" in widget.status_label.text(), widget.status_label.text()
+    level1 = viewer.layers["vol · MINER level 1"]
+    assert level1.data.shape == (12, 16, 16)
+    np.testing.assert_allclose(level1.scale, [6.0, 2.0, 2.0])
+    np.testing.assert_allclose(level1.translate, [1.5, 0.5, 0.5])
+    overlay = viewer.layers["vol · MINER active blocks"]
+    assert overlay.data.shape == (3, 4, 4)
+    np.testing.assert_array_equal(overlay.data, _expected_labels(widget.model))
+    assert viewer.layers["vol · MINER"].data[0].shape == volume.shape
+
+
+# ------------------------------------------------------------------------ screenshot
+def _as_gray(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image, dtype=np.float64)
+    return image[..., :3].mean(axis=-1) if image.ndim == 3 else image
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    a = resize(_as_gray(a), (32, 32), anti_aliasing=True).ravel()
+    b = resize(_as_gray(b), (32, 32), anti_aliasing=True).ravel()
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def test_canvas_shows_the_reconstruction(make_napari_viewer, qtbot):
+    image = skdata.camera()[::4, ::4].copy()  # 128x128
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(image, name="cam")
+    widget = _widget(viewer, steps=60)
+    _click(qtbot, widget.fit_button)
+    _wait_idle(qtbot, widget, timeout=40_000)
+    for layer in viewer.layers:
+        layer.visible = layer.name == "cam · MINER"
+    viewer.reset_view()
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    canvas = np.array(shot.shape[:2], dtype=float)
+    centre = np.asarray(camera.center, dtype=float)[-2:]
+    lo = np.round((np.array([-0.5, -0.5]) - centre) * camera.zoom + canvas / 2).astype(int)
+    hi = np.round((np.array(image.shape) - 0.5 - centre) * camera.zoom + canvas / 2).astype(int)
+    crop = shot[lo[0] : hi[0], lo[1] : hi[1]]
+    assert _correlation(crop, image) > 0.9
+    assert _correlation(crop, image) > _correlation(crop, image[::-1]) + 0.3
+    viewer.layers["cam · MINER"].visible = False  # control: nothing left that looks like it
+    empty = viewer.screenshot(canvas_only=True, flash=False)[lo[0] : hi[0], lo[1] : hi[1]]
+    assert _as_gray(empty).std() < 1.0
