@@ -171,3 +171,19 @@ def test_cuda_fit_matches_cpu_quality():
         cuda_model.decode_normalized(0).numpy(),
         atol=1e-4,
     )
+
+
+def test_zarr_input(tmp_path):
+    zarr = pytest.importorskip("zarr")
+    image = (smooth((40, 36)) * 1000).astype(np.int16)
+    stored = zarr.create_array(
+        tmp_path / "image.zarr", shape=image.shape, chunks=(16, 16), dtype=image.dtype
+    )
+    stored[:] = image
+    model = nm.fit(zarr.open_array(tmp_path / "image.zarr", mode="r"), SMALL, device="cpu")
+    decoded = model.decode()
+    assert decoded.dtype == np.int16 and decoded.shape == image.shape
+    assert (
+        model.metadata["input_sha256"]
+        == nm.fit(image, SMALL, device="cpu").metadata["input_sha256"]
+    )
