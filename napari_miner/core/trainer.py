@@ -4,13 +4,14 @@ The coarsest level fits the area-downsampled signal; every finer level fits the 
 target and the ×2 upsampled estimate of the level below. Within a level every block has its own MLP:
 
 * pruning before training: the lowest-energy blocks get none (see :func:`blocks_to_train`);
-* each block's residual is divided by its RMS while training (folded back into the last layer after),
-  so one learning rate suits blocks of any amplitude;
+* each block's residual is standardised while it trains (per-channel mean removed, divided by its
+  RMS; both folded back into the last layer when the block is stored), so one learning rate suits
+  blocks of any amplitude and offset;
 * pruning at convergence: every ``check_every`` steps the exact MSE of each block is evaluated and
   blocks below ``retire_mse`` retire: their weights are stored and dropped, with their Adam moments,
   from the optimised tensors;
 * a level ends when all its blocks retired, its MSE plateaus, or at ``max_steps``; the fit ends early
-  once the full-resolution reconstruction reaches ``target_psnr``.
+  once the full-resolution reconstruction reaches ``target_psnr`` (or ``target_iou`` for occupancy).
 """
 
 from __future__ import annotations
