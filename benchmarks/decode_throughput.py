@@ -27,17 +27,12 @@ import time
 
 import numpy as np
 import torch
+from _common import load_image
 
 import napari_miner as nm
 from napari_miner.core.blocks import BlockGrid
 from napari_miner.core.layout import InputLayout
 from napari_miner.core.model import LevelParams
-
-
-def retina_crop() -> np.ndarray:
-    from skimage import data
-
-    return np.ascontiguousarray(data.retina()[:1280, :1280])
 
 
 def timed(fn, repeats: int) -> float:
@@ -118,7 +113,7 @@ def main() -> None:
         print(f"loaded {args.model}: {model}")
     else:
         start = time.perf_counter()
-        model = nm.fit(retina_crop(), nm.MinerConfig(), device=args.device)
+        model = nm.fit(load_image("retina"), nm.MinerConfig(), device=args.device)
         print(f"fitted retina 1280x1280 RGB in {time.perf_counter() - start:.1f} s: {model}")
         if args.save:
             model.save(args.save)

@@ -21,25 +21,13 @@ import resource
 import sys
 import time
 
-import numpy as np
 import torch
-from skimage import data
+from _common import config_overrides, load_image
 
 import napari_miner as nm
 from napari_miner.core.metrics import psnr
 
 THRESHOLDS = (30.0, 35.0, 38.0, 40.0)
-
-
-def load_image(name: str) -> np.ndarray:
-    """The benchmark images."""
-    if name == "astronaut":
-        return data.astronaut()
-    if name == "retina":
-        return data.retina()[:1280, :1280]
-    if name == "camera":
-        return data.camera()
-    raise SystemExit(f"unknown image {name!r}")
 
 
 def run_one(name: str, config: nm.MinerConfig, device: str, eval_every: int) -> dict:
@@ -92,14 +80,6 @@ def run_one(name: str, config: nm.MinerConfig, device: str, eval_every: int) -> 
     return result
 
 
-def parse_value(text: str) -> object:
-    """Parse a ``--set`` value as JSON when possible, else keep the string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -111,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
-    overrides = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.set)}
+    overrides = config_overrides(args.set)
     config = nm.MinerConfig(progress_every=args.eval_every, **overrides)
     device = str(nm.resolve_device(args.device))
     machine = {

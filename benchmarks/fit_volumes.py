@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import config_overrides, folder_size
 
 import napari_miner as nm
 from napari_miner.core.metrics import iou
@@ -46,19 +47,6 @@ def occupancy_shape(n: int) -> np.ndarray:
     return volume
 
 
-def folder_size(path: Path) -> int:
-    """Bytes of all files under ``path``."""
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
-def parse_value(text: str) -> object:
-    """``--set`` values: JSON when possible, else the string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -67,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
-    overrides = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.set)}
+    overrides = config_overrides(args.set)
     config = nm.MinerConfig.for_volume(target_iou=THRESHOLDS[-1], **overrides)
     device = str(nm.resolve_device(args.device))
     volume = occupancy_shape(args.size)

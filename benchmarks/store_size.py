@@ -16,35 +16,16 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import zarr
-from skimage import data
+from _common import folder_size, load_image
 
 import napari_miner as nm
 from napari_miner.core.metrics import psnr
-
-
-def load_image(name: str) -> np.ndarray:
-    """The benchmark images."""
-    if name == "astronaut":
-        return data.astronaut()
-    if name == "retina":
-        return data.retina()[:1280, :1280]
-    raise SystemExit(f"unknown image {name!r}")
-
-
-def tree_size(path: Path) -> int:
-    """Sum of the sizes of the files under ``path``."""
-    return sum(
-        os.path.getsize(os.path.join(root, name))
-        for root, _, files in os.walk(path)
-        for name in files
-    )
 
 
 def area_downsample(image: np.ndarray) -> np.ndarray:
@@ -83,12 +64,12 @@ def measure(name: str, config: nm.MinerConfig, device: str, workdir: Path) -> di
     return {
         "image": name,
         "shape": image.shape,
-        "model_bytes": tree_size(model_path),
+        "model_bytes": folder_size(model_path),
         "parameter_bytes": model.n_parameters * 4,
         "raw_bytes": image.nbytes,
-        "pyramid_bytes": tree_size(pyramid_path),
+        "pyramid_bytes": folder_size(pyramid_path),
         "pyramid_levels": n_pyramid_levels,
-        "level0_bytes": tree_size(level0_path),
+        "level0_bytes": folder_size(level0_path),
         "psnr_db": psnr(image, model.decode(0), data_range=255),
         "parameters": model.n_parameters,
         "fit_s": fit_s,
