@@ -26,6 +26,7 @@ import torch
 from .adam import CompactAdam
 from .blocks import BlockGrid, local_coordinates
 from .config import MinerConfig
+from .errors import TrainingError
 from .events import Event, Finished, Progress, ScaleFinished, ScaleStarted
 from .layout import InputLayout
 from .metrics import iou_of, psnr_from_mse
@@ -282,6 +283,11 @@ class MinerTrainer:
                 continue
             exact, prediction = self._exact_mse(optimizer, goals, masks, n_channels)
             exact = exact * scales_sq
+            if not bool(torch.isfinite(exact).all()):
+                raise TrainingError(
+                    f"training diverged at level {j} (non-finite error): lower learning_rate "
+                    f"(now {cfg.learning_rate}) or omega_0 (now {cfg.omega_0})"
+                )
             block_mse[block_ids[rows]] = exact
             if occupancy is not None:
                 occupancy.update(rows, prediction * scale[rows, None, None] + offset[rows, :, None])

@@ -115,3 +115,21 @@ def test_shape_that_cannot_work_is_rejected():
         _trainer(np.zeros((16, 40), np.float32), n_levels=5, block_size=4)
     with pytest.raises(ConfigError, match="block_size"):
         _trainer(np.zeros((16, 20), np.float32), n_levels=2, block_size=32)
+
+
+def test_divergence_is_reported_not_silently_stored(monkeypatch):
+    from napari_miner.core import trainer as trainer_module
+    from napari_miner.core.errors import TrainingError
+
+    real = trainer_module.bank_sse_and_grads
+
+    def poisoned(*args, **kwargs):
+        sse, grad_w, grad_b = real(*args, **kwargs)
+        return sse, [g * float("nan") for g in grad_w], grad_b
+
+    monkeypatch.setattr(trainer_module, "bank_sse_and_grads", poisoned)
+    trainer = _trainer(
+        _mixed_image(), n_levels=1, block_size=8, coarsest_width_factor=1, max_steps=30
+    )
+    with pytest.raises(TrainingError, match="diverged at level 0"):
+        list(trainer.run())
