@@ -4,6 +4,7 @@ Usage::
 
     python docs/make_screenshots.py                 # default settings, about 10-30 s on a CPU
     python docs/make_screenshots.py --max-steps 200 --out docs/images
+    python docs/make_screenshots.py --volume        # the 3D screenshot, about 1-2 min on a CPU
 
 Opens napari (under Xvfb when there is no display: the script re-runs itself with ``xvfb-run``),
 loads the astronaut sample, docks the widget, fits with the widget's default settings and saves
@@ -11,6 +12,12 @@ loads the astronaut sample, docks the widget, fits with the widget's default set
 * ``widget-training.png``: the whole window mid-fit (live level layers, active-blocks overlay,
   progress line and PSNR plot in the dock);
 * ``widget-done.png``: the whole window once the fit finished (the lazy multiscale result).
+
+With ``--volume`` it fits a 64³ occupancy volume (spheres and a torus) instead, with the widget's
+volume defaults, adds its mesh and saves
+
+* ``widget-3d.png``: the whole window in 3D: the mesh (Surface layer) of the fitted volume, the
+  progress line with the final IoU, the layer list with the iso-rendered levels and the 3D overlay.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import shutil
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from napari_miner.__main__ import needs_virtual_display
 
@@ -56,13 +65,63 @@ def _activity_dock(viewer, visible: bool) -> None:
         pass
 
 
+def occupancy_volume(n: int = 64, seed: int = 3) -> np.ndarray:
+    """A union of random spheres and a tilted torus in an ``n``³ boolean volume."""
+    rng = np.random.default_rng(seed)
+    z, y, x = (np.mgrid[0:n, 0:n, 0:n] + 0.5) / n
+    ring = np.hypot(y - 0.5, (x - 0.5) * 0.9 + (z - 0.5) * 0.3) - 0.28
+    occupied = ring**2 + ((z - 0.5) * 0.9 - (x - 0.5) * 0.3) ** 2 < 0.09**2
+    for _ in range(4):
+        c = rng.random(3) * 0.5 + 0.25
+        r = rng.random() * 0.07 + 0.07
+        occupied |= (z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2 < r**2
+    return occupied
+
+
+def volume_screenshot(viewer, widget, args: argparse.Namespace) -> int:
+    """Fit an occupancy volume in 3D, add its mesh and save ``widget-3d.png``; the exit status."""
+    viewer.add_image(occupancy_volume(), name="shapes")
+    widget.input_combo.setCurrentText("shapes")  # the form switches to the volume defaults
+    widget.levels_spin.setValue(3)
+    if args.max_steps is not None:
+        widget.steps_spin.setValue(args.max_steps)
+    t0 = time.monotonic()
+    if not widget.start():
+        return 1
+    if not _process_until(lambda: not widget.running, args.timeout):
+        print("error: the fit did not finish in time", flush=True)
+        widget.stop()
+        _process_until(lambda: not widget.running, 60)
+    print(f"{time.monotonic() - t0:5.1f} s  fitted: {widget.status_label.text()}", flush=True)
+    if not widget.add_mesh() or not _process_until(lambda: not widget.mesh_busy, 120):
+        print("error: no mesh", flush=True)
+        return 1
+    _activity_dock(viewer, False)
+    shown = {"shapes · MINER mesh"}
+    for layer in viewer.layers:
+        layer.visible = layer.name in shown
+    mesh = viewer.layers["shapes · MINER mesh"]
+    mesh.colormap = "bop orange"
+    viewer.layers.selection.active = mesh
+    viewer.reset_view()  # (resets the angles too)
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    camera.angles = (20.0, -40.0, 110.0)  # oblique: napari's default looks down the z axis
+    _process_until(lambda: False, 0.5)
+    path = args.out / "widget-3d.png"
+    viewer.screenshot(path=str(path), canvas_only=False, flash=False)
+    print(f"{time.monotonic() - t0:5.1f} s  saved {path}: {widget.status_label.text()}")
+    viewer.close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Fit the astronaut in the widget and save the two screenshots; the exit status."""
+    """Fit the astronaut (or, ``--volume``, a volume) in the widget and save the screenshots."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images")
     parser.add_argument("--max-steps", type=int, default=None, help="steps per level cap")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds allowed for the fit")
+    parser.add_argument("--volume", action="store_true", help="the 3D screenshot (widget-3d.png)")
     args = parser.parse_args(argv)
     if needs_virtual_display():
         _reexec_under_xvfb()
@@ -80,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     from napari_miner._napari.widget import MinerWidget
 
     viewer = napari.Viewer(title="napari-miner: MINER fit")
-    viewer.open_sample("napari-miner", "astronaut")
+    if not args.volume:
+        viewer.open_sample("napari-miner", "astronaut")
     widget = MinerWidget(viewer)
     viewer.window.add_dock_widget(widget, name="MINER fit", area="right")
     if args.max_steps is not None:
@@ -94,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     _activity_dock(viewer, True)  # napari's progress bar
 
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.volume:
+        return volume_screenshot(viewer, widget, args)
     t0 = time.monotonic()
     if not widget.start():
         return 1

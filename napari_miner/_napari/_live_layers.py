@@ -5,6 +5,11 @@ Every layer lines up with the input layer, including an input layer that has its
 input's and its translate is the input's plus ``(2**j - 1) / 2`` input pixels
 (:func:`~napari_miner._napari.levels.level_transform`); the overlay's cells are whole level-0
 blocks (``block_size`` input pixels).
+
+Volumes (3D, not RGB) are volume-rendered: occupancy inputs (``SourceInfo.iso_range``) as an iso
+surface at the middle of their value range, intensity volumes with napari's default (MIP). Only
+the finest level trained so far stays visible (overlapping volumes would hide each other), the
+overlay is translucent, and the fitted mesh is a Surface layer.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ __all__ = [
     "compose",
     "final_layer_name",
     "level_colormap",
+    "mesh_layer_name",
     "overlay_layer_name",
 ]
 
@@ -34,6 +40,11 @@ def final_layer_name(name: str) -> str:
 def overlay_layer_name(name: str) -> str:
     """Name of the active-blocks overlay."""
     return f"{name} · MINER active blocks"
+
+
+def mesh_layer_name(name: str) -> str:
+    """Name of the Surface layer of the fitted volume's mesh."""
+    return f"{name} · MINER mesh"
 
 
 def compose(
@@ -68,7 +79,11 @@ def level_colormap(n_levels: int) -> Any:
 
 @dataclass(frozen=True)
 class SourceInfo:
-    """What the live layers copy from the input layer (read once, on the main thread)."""
+    """What the live layers copy from the input layer (read once, on the main thread).
+
+    ``iso_range`` is the value range of an occupancy (binary) volume, rendered as an iso surface
+    at its midpoint; ``None`` for anything else.
+    """
 
     name: str
     scale: tuple[float, ...]
@@ -77,6 +92,7 @@ class SourceInfo:
     contrast_limits: tuple[float, float] | None = None
     colormap: Any = None
     gamma: float = 1.0
+    iso_range: tuple[float, float] | None = None
 
     @classmethod
     def from_layer(cls, layer: Any) -> SourceInfo:
@@ -96,6 +112,11 @@ class SourceInfo:
     def ndim(self) -> int:
         """Spatial dimensions of the input layer."""
         return len(self.scale)
+
+    @property
+    def volume(self) -> bool:
+        """Whether the input is a (single-channel) 3D volume."""
+        return self.ndim == 3 and not self.rgb
 
 
 class LiveLayers:
@@ -121,6 +142,7 @@ class LiveLayers:
         self.level_layers: dict[int, Any] = {}
         self.overlay: Any = None
         self.final: Any = None
+        self.mesh: Any = None
 
     # ---------------------------------------------------------------- transforms
     def level_transform(self, level: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -142,6 +164,10 @@ class LiveLayers:
         if src.colormap is not None:
             kwargs["colormap"] = src.colormap
             kwargs["gamma"] = src.gamma
+        if src.volume and src.iso_range is not None:
+            lo, hi = src.iso_range
+            kwargs["rendering"] = "iso"
+            kwargs["iso_threshold"] = (float(lo) + float(hi)) / 2.0
         return kwargs
 
     def _present(self, layer: Any) -> bool:
@@ -162,6 +188,10 @@ class LiveLayers:
             **self._image_kwargs(),
         )
         self.level_layers[level] = layer
+        if self.source.volume:  # in 3D overlapping volumes hide each other: show the finest
+            for coarser, other in self.level_layers.items():
+                if coarser > level and self._present(other):
+                    other.visible = False
         self._overlay_on_top()
         return layer
 
@@ -171,30 +201,36 @@ class LiveLayers:
             self.overlay.data = labels
             return self.overlay
         scale, translate = self.overlay_transform()
+        kwargs: dict[str, Any] = {"opacity": 0.4}
+        if self.source.volume:  # translucent boxes in 3D, so that the volume stays visible
+            kwargs = {"opacity": 0.15, "rendering": "translucent"}
         self.overlay = self.viewer.add_labels(
             labels,
             name=overlay_layer_name(self.source.name),
             scale=scale,
             translate=translate,
-            opacity=0.4,
             colormap=level_colormap(self.n_levels),
+            **kwargs,
         )
         return self.overlay
 
-    def show_final(self, pyramid: list | None, model: Any) -> Any:
-        """Show the fitted model as one lazy multiscale layer (hides the per-level layers).
+    def show_final(self, pyramid: list | None, model: Any, volume: np.ndarray | None = None) -> Any:
+        """Show the fitted model as one layer (hides the per-level layers).
 
-        Without a pyramid (``as_pyramid`` unavailable) the level layers stay as the result.
+        A lazy multiscale layer of ``pyramid``, or for a volume its decoded level 0 ``volume`` (in
+        3D napari would render only the coarsest level of a multiscale layer). Without either
+        (``as_pyramid`` unavailable) the level layers stay as the result.
         """
-        if not pyramid:
+        if not pyramid and volume is None:
             return None
         if self._present(self.final):
             self.viewer.layers.remove(self.final)
         src = self.source
+        data, multiscale = (pyramid, True) if volume is None else (volume, False)
         self.final = self.viewer.add_image(
-            pyramid,
+            data,
             name=final_layer_name(src.name),
-            multiscale=True,
+            multiscale=multiscale,
             scale=src.scale,
             translate=src.translate,
             **self._image_kwargs(),
@@ -204,6 +240,24 @@ class LiveLayers:
                 layer.visible = False
         self._overlay_on_top()
         return self.final
+
+    def show_mesh(self, vertices: np.ndarray, faces: np.ndarray) -> Any:
+        """Add (or replace) the Surface layer of the fitted volume's mesh.
+
+        ``vertices`` are level-0 voxel coordinates, so the surface takes the input's transform.
+        """
+        if self._present(self.mesh):
+            self.viewer.layers.remove(self.mesh)
+        src = self.source
+        self.mesh = self.viewer.add_surface(
+            (vertices, faces),
+            name=mesh_layer_name(src.name),
+            scale=src.scale,
+            translate=src.translate,
+            shading="smooth",
+        )
+        self._overlay_on_top()
+        return self.mesh
 
     def _overlay_on_top(self) -> None:
         if not self._present(self.overlay):
@@ -215,11 +269,11 @@ class LiveLayers:
 
     def all_layers(self) -> list[Any]:
         """Every layer of this fit still in the viewer."""
-        candidates = [*self.level_layers.values(), self.overlay, self.final]
+        candidates = [*self.level_layers.values(), self.overlay, self.final, self.mesh]
         return [layer for layer in candidates if self._present(layer)]
 
     def remove(self) -> None:
         """Remove every layer of this fit from the viewer."""
         for layer in self.all_layers():
             self.viewer.layers.remove(layer)
-        self.level_layers, self.overlay, self.final = {}, None, None
+        self.level_layers, self.overlay, self.final, self.mesh = {}, None, None, None

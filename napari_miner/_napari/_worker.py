@@ -29,6 +29,7 @@ __all__ = [
     "Status",
     "block_labels",
     "fit_messages",
+    "is_volume_layout",
 ]
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ class Status:
     ``history`` holds every ``(elapsed_s, psnr, level)`` point since the previous status, so the
     PSNR plot misses nothing; ``labels`` is the active-blocks overlay, or ``None`` if unchanged.
     ``finished_levels`` counts the levels done; ``level_done`` says whether ``level`` is one of them.
+    ``iou`` is the level's IoU of the occupied sets when occupancy is tracked (``config.iou_threshold``),
+    as of its last convergence check; ``None`` otherwise (or before the level's first check).
     """
 
     level: int
@@ -56,11 +59,15 @@ class Status:
     labels: np.ndarray | None = None
     finished_levels: int = 0
     level_done: bool = False
+    iou: float | None = None
 
 
 @dataclass
 class LevelData:
     """Data for the live layer of ``level``, in the input's dtype and value range.
+
+    (Occupancy volumes, whose IoU is tracked, come as float32 in the input's value range instead:
+    not rounded to a bool or integer dtype, so that their iso surfaces are smooth.)
 
     ``kind`` is ``"start"`` (the coarser estimate upsampled, when the level starts), ``"preview"``
     (the level as trained so far; throttled, and counted in ``FitControl.frames_in_flight``) or
@@ -74,7 +81,12 @@ class LevelData:
 
 @dataclass
 class Done:
-    """The fit finished (``stopped=False``) or was stopped; the model is usable either way."""
+    """The fit finished (``stopped=False``) or was stopped; the model is usable either way.
+
+    ``pyramid`` is the lazy multiscale view of a 2D model; a single-channel volume instead comes
+    as ``volume``, its level 0 decoded (napari renders only the coarsest level of a multiscale
+    layer in 3D). ``iou`` is the final IoU when occupancy is tracked.
+    """
 
     model: Any
     stopped: bool
@@ -84,6 +96,8 @@ class Done:
     labels: np.ndarray | None = None
     pyramid: list | None = None
     level_data: LevelData | None = None
+    volume: np.ndarray | None = None
+    iou: float | None = None
 
 
 @dataclass
@@ -176,38 +190,76 @@ def block_labels(masks: dict[int, np.ndarray], grid0_shape: tuple[int, ...]) -> 
     return labels
 
 
-def _denormalize(layout: Any, normalized: np.ndarray) -> np.ndarray:
-    """``(*spatial, C)`` normalised values to the input's dtype, range and axis order."""
+def _display(layout: Any, values: Any, continuous: bool = False) -> np.ndarray:
+    """Normalised ``(C, *spatial)`` tensor to a live layer's data.
+
+    The input's dtype, range and axis order; with ``continuous`` (occupancy volumes), float32 in
+    the input's value range, not rounded to its dtype: the iso surface at the middle of the range
+    is then smooth (like the mesh), and napari renders iso surfaces of float data reliably.
+    """
+    import torch
+
+    if not continuous:
+        return layout.denormalize(values)
+    lo, hi = float(layout.value_min), float(layout.value_max)
+    array = values.detach().to("cpu", torch.float32).numpy()[0]
+    array = array * np.float32(layout.value_scale) + np.float32(lo)
+    return np.clip(array, lo, hi).astype(np.float32, copy=False)
+
+
+def _denormalize(layout: Any, normalized: np.ndarray, continuous: bool = False) -> np.ndarray:
+    """``(*spatial, C)`` normalised values to a live layer's data (see :func:`_display`)."""
     import torch
 
     values = torch.from_numpy(np.ascontiguousarray(np.moveaxis(normalized, -1, 0)))
-    return layout.denormalize(values)
+    return _display(layout, values, continuous)
 
 
-def _upsampled(layout: Any, normalized: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def _upsampled(
+    layout: Any, normalized: np.ndarray, shape: tuple[int, ...], continuous: bool = False
+) -> np.ndarray:
     """The coarser level's estimate ×2 upsampled to ``shape``: a level before it trained."""
     import torch
 
     from napari_miner.core.pyramid import upsample
 
     values = torch.from_numpy(np.ascontiguousarray(np.moveaxis(normalized, -1, 0)))
-    return layout.denormalize(upsample(values, shape))
+    return _display(layout, upsample(values, shape), continuous)
 
 
-def _final_products(model: Any) -> tuple[np.ndarray, list | None]:
-    """Overlay labels and lazy pyramid of a finished (or stopped) model.
+def _decode(model: Any, level: int, device: Any, continuous: bool) -> np.ndarray:
+    """A level of ``model`` decoded to a live layer's data (see :func:`_display`)."""
+    if not continuous:
+        return model.decode(level=level, device=device)
+    return _display(model.layout, model.decode_normalized(level, device=device), continuous)
 
-    Without a pyramid (``None``) the widget keeps the per-level layers as the result.
+
+def is_volume_layout(layout: Any) -> bool:
+    """Whether a model's input is a single-channel 3D volume (rendered as a volume, meshable)."""
+    return len(layout.spatial_shape) == 3 and layout.n_channels == 1
+
+
+def _final_products(
+    model: Any, level0: np.ndarray | None = None, continuous: bool = False, device: Any = "cpu"
+) -> tuple[np.ndarray, list | None, np.ndarray | None]:
+    """Overlay labels, lazy pyramid and (volumes) decoded level 0 of a finished or stopped model.
+
+    A single-channel volume gets no pyramid but its level 0 (``level0`` if already decoded): in 3D
+    napari renders only the coarsest level of a multiscale layer. Without either (``None``) the
+    widget keeps the per-level layers as the result.
     """
     from napari_miner.core.overlay import active_block_labels
 
     labels = active_block_labels(model)[0]
+    if is_volume_layout(model.layout):
+        volume = level0 if level0 is not None else _decode(model, 0, device, continuous)
+        return labels, None, volume
     try:
         pyramid = model.as_pyramid()
     except Exception:  # the level layers already show the result
         logger.warning("napari-miner: no lazy multiscale view of the model", exc_info=True)
         pyramid = None
-    return labels, pyramid
+    return labels, pyramid, None
 
 
 def _drop_tracebacks(error: BaseException | None) -> None:
@@ -288,6 +340,8 @@ def _messages(
     from napari_miner.core.pyramid import level_shapes
 
     layout = run.model.layout  # a snapshot of the (still empty) model
+    # occupancy volumes are shown as float values (smooth iso surfaces), see _display
+    continuous = is_volume_layout(layout) and config.iou_threshold is not None
     n_levels = config.n_levels
     shapes = level_shapes(layout.spatial_shape, n_levels)
     grid0 = tuple(-(-s // config.block_size) for s in shapes[0])
@@ -299,6 +353,8 @@ def _messages(
     level, step, n_active, n_blocks, psnr, elapsed = n_levels - 1, 0, 0, 0, float("nan"), 0.0
     finished_levels = 0
     level_done = False
+    iou: float | None = None
+    level0: np.ndarray | None = None  # level 0's final data (a volume's result)
     last_status = -float("inf")
     last_frame = -float("inf")
     frame_interval = refresh_interval_s
@@ -324,6 +380,7 @@ def _messages(
             labels,
             finished_levels,
             level_done,
+            iou,
         )
         history = []
         return message
@@ -340,15 +397,18 @@ def _messages(
         if isinstance(event, ScaleStarted):
             level, step, n_blocks, n_active = event.level, 0, event.n_blocks, event.n_active
             level_done = False
+            iou = None
             last_frame = -float("inf")  # a preview of the new level soon
             if previous_estimate is not None:
-                data = _upsampled(layout, previous_estimate, shapes[level])
+                data = _upsampled(layout, previous_estimate, shapes[level], continuous)
                 yield LevelData(level, data, kind="start")
             yield status(now)
             last_status = now
         elif isinstance(event, Progress):
             level, step, n_active = event.level, event.step, event.n_active
             psnr, elapsed = event.psnr, event.elapsed_s
+            if event.iou is not None:
+                iou = float(event.iou)
             history.append((event.elapsed_s, event.psnr, event.level))
             masks[event.level] = np.asarray(event.active_mask, dtype=bool)
             labels_dirty = True
@@ -357,7 +417,7 @@ def _messages(
                 last_status = now
             if now - last_frame >= frame_interval and control.frames_in_flight == 0:
                 t0 = time.monotonic()
-                data = run.model.decode(level=event.level, device=decode_device)
+                data = _decode(run.model, event.level, decode_device, continuous)
                 spent = time.monotonic() - t0
                 # a preview never costs more than ~20% of the training time
                 frame_interval = max(refresh_interval_s, 4.0 * spent)
@@ -371,13 +431,20 @@ def _messages(
             labels_dirty = True
             finished_levels += 1
             level_done = True
+            if event.iou is not None:
+                iou = float(event.iou)
             history.append((event.elapsed_s, event.psnr, event.level))
             previous_estimate = event.reconstruction
-            yield LevelData(event.level, _denormalize(layout, event.reconstruction), kind="final")
+            data = _denormalize(layout, event.reconstruction, continuous)
+            if event.level == 0:
+                level0 = data
+            yield LevelData(event.level, data, kind="final")
             yield status(now, force_labels=True)
             last_status = now
         elif isinstance(event, Finished):
-            labels, pyramid = _final_products(event.model)
+            labels, pyramid, volume = _final_products(
+                event.model, level0, continuous, decode_device
+            )
             yield Done(
                 event.model,
                 stopped=False,
@@ -386,6 +453,8 @@ def _messages(
                 elapsed_s=event.elapsed_s,
                 labels=labels,
                 pyramid=pyramid,
+                volume=volume,
+                iou=None if event.iou is None else float(event.iou),
             )
             return
     # stopped: what was trained so far stays usable
@@ -393,8 +462,10 @@ def _messages(
     if control.closing:
         return
     model = run.model
-    labels, pyramid = _final_products(model)
-    preview = LevelData(level, model.decode(level=level, device=decode_device), kind="final")
+    preview = LevelData(level, _decode(model, level, decode_device, continuous), kind="final")
+    labels, pyramid, volume = _final_products(
+        model, preview.data if level == 0 else None, continuous, decode_device
+    )
     yield Done(
         model,
         stopped=True,
@@ -404,4 +475,6 @@ def _messages(
         labels=labels,
         pyramid=pyramid,
         level_data=preview,
+        volume=volume,
+        iou=iou if level == 0 else None,
     )

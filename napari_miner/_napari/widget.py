@@ -10,13 +10,22 @@ exception in the worker is yielded as a message and shown with
 :func:`napari.utils.notifications.show_error` (``worker.errored`` is connected as well).
 
 Closing the widget (its dock) or the viewer stops the worker and waits for its thread to finish.
+
+Volumes
+-------
+A 3D (non-RGB) input switches the form to :meth:`MinerConfig.for_volume`'s defaults (values edited
+by hand are kept) and, for a binary input, to occupancy tracking (IoU in the progress line). The
+fit turns the viewer to 3D; *Add mesh* extracts the fitted surface (marching cubes, in a thread)
+as a Surface layer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
+import threading
 import time
 import weakref
 from collections import deque
@@ -40,7 +49,7 @@ from qtpy.QtWidgets import (
 
 from ._live_layers import LiveLayers, SourceInfo
 from ._plot import PsnrPlot
-from ._worker import Done, Failed, FitControl, LevelData, Status, fit_messages
+from ._worker import Done, Failed, FitControl, LevelData, Status, fit_messages, is_volume_layout
 
 if TYPE_CHECKING:
     import napari
@@ -51,6 +60,12 @@ logger = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
 MODEL_SUFFIX = ".miner.zarr"
+MESH_THRESHOLD = 0.5
+"""Iso level of *Add mesh*, in normalised units: the middle of the input's value range."""
+VOLUME_FORM_FIELDS = ("block_size", "hidden_width", "max_steps")
+"""Form fields whose defaults differ between images and volumes."""
+_BINARY_SAMPLE = 1 << 20
+"""At most this many values are read to decide whether an input is binary."""
 
 _WORKER_FINISHED = object()
 """Inbox marker: the worker thread finished."""
@@ -97,6 +112,8 @@ class MinerWidget(QWidget):
         per ``refresh_interval_s``.
     config_overrides : dict
         Extra :class:`~napari_miner.MinerConfig` settings applied on top of the form's.
+    mesh_worker : WorkerBase or None
+        The running *Add mesh* extraction.
     """
 
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
@@ -120,6 +137,11 @@ class MinerWidget(QWidget):
         self._inbox: deque[Any] = deque()
         self._handling = False
         self._device_used: str = "cpu"
+        self._form_volume = False  # the form shows the volume defaults
+        self.mesh_worker: Any = None
+        self._mesh_done = threading.Event()
+        self._mesh_done.set()
+        self._previous_status = ""
 
         defaults = MinerConfig()
         self.setObjectName("MinerWidget")
@@ -173,13 +195,23 @@ class MinerWidget(QWidget):
         self.save_button = QPushButton("Save model…")
         self.save_button.setEnabled(False)
         self.save_button.clicked.connect(self._on_save_clicked)
+        self.mesh_button = QPushButton("Add mesh")
+        self.mesh_button.setEnabled(False)
+        self.mesh_button.setToolTip(
+            "add the fitted volume's surface (marching cubes at the middle of its value range) "
+            "as a Surface layer"
+        )
+        self.mesh_button.clicked.connect(self.add_mesh)
+        results = QHBoxLayout()
+        results.addWidget(self.save_button)
+        results.addWidget(self.mesh_button)
 
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.status_label)
         layout.addWidget(self.plot)
-        layout.addWidget(self.save_button)
+        layout.addLayout(results)
         layout.addStretch(1)
 
         # ------------------------------------------------------- viewer hookup
@@ -189,6 +221,7 @@ class MinerWidget(QWidget):
         events.moved.connect(self._refresh_inputs)
         for layer in self.viewer.layers:
             layer.events.name.connect(self._refresh_inputs)
+        self.input_combo.currentIndexChanged.connect(self._sync_form_defaults)
         self._refresh_inputs()
         _LIVE_WIDGETS.add(self)
         app = QApplication.instance()
@@ -215,7 +248,10 @@ class MinerWidget(QWidget):
         return self.viewer.layers[name]
 
     def config(self) -> Any:
-        """The :class:`~napari_miner.MinerConfig` of the form (raises ``ConfigError``)."""
+        """The :class:`~napari_miner.MinerConfig` of the form (raises ``ConfigError``).
+
+        For a volume input: ``MinerConfig.for_volume(occupancy=<input is binary>, **form)``.
+        """
         from napari_miner import MinerConfig
 
         values = dict(
@@ -227,6 +263,9 @@ class MinerWidget(QWidget):
             target_psnr=float(self.psnr_spin.value()),
         )
         values.update(self.config_overrides)
+        layer = self.selected_layer()
+        if _is_volume_layer(layer):
+            return MinerConfig.for_volume(occupancy=binary_range(layer) is not None, **values)
         return MinerConfig(**values)
 
     # =========================================================== input choices
@@ -255,6 +294,29 @@ class MinerWidget(QWidget):
             plain = [n for n in names if " · MINER" not in n]
             self.input_combo.setCurrentIndex(names.index((plain or names)[0]))
         self.input_combo.blockSignals(False)
+        self._sync_form_defaults()
+
+    def _sync_form_defaults(self, *args: Any) -> None:
+        """Switch the form between the image and the volume defaults with the input's kind.
+
+        A field still at the previous kind's default takes the new default; a value edited by
+        hand stays.
+        """
+        from napari_miner import MinerConfig
+
+        volume = _is_volume_layer(self.selected_layer())
+        if volume == self._form_volume or self._torn_down:
+            return
+        old, new = MinerConfig(), MinerConfig.for_volume(occupancy=False)
+        if not volume:
+            old, new = new, old
+        for spin, field in zip(self._volume_spins(), VOLUME_FORM_FIELDS, strict=True):
+            if spin.value() == getattr(old, field):
+                spin.setValue(getattr(new, field))
+        self._form_volume = volume
+
+    def _volume_spins(self) -> tuple[QSpinBox, ...]:
+        return (self.block_spin, self.width_spin, self.steps_spin)
 
     def input_choices(self) -> list[str]:
         """Names offered by the input selector."""
@@ -274,7 +336,7 @@ class MinerWidget(QWidget):
         from napari.utils import progress
         from napari.utils.notifications import show_error
 
-        if self.running:
+        if self.running or self.mesh_busy:
             return False
         layer = self.selected_layer()
         if layer is None:
@@ -291,6 +353,9 @@ class MinerWidget(QWidget):
             return False
         data = layer.data[0] if layer.multiscale else layer.data
         source = SourceInfo.from_layer(layer)
+        if source.volume and config.iou_threshold is not None:
+            iso_range = binary_range(layer) or source.contrast_limits
+            source = dataclasses.replace(source, iso_range=iso_range)
 
         if self.live is not None and self.live.source.name == source.name:
             self.live.remove()  # a new fit of the same layer replaces the previous one's layers
@@ -299,6 +364,7 @@ class MinerWidget(QWidget):
         self.model = None
         self.last_status = None
         self.save_button.setEnabled(False)
+        self.mesh_button.setEnabled(False)
         self.plot.clear()
         self._device_used = device
         self._control = control = FitControl()
@@ -323,6 +389,8 @@ class MinerWidget(QWidget):
         self._watch_window(top if top is not self else None)  # to stop when the viewer closes
         self._set_running_ui(True)
         self.status_label.setText(f"starting: {source.name} {tuple(data.shape)} on {device}")
+        if source.volume and self.viewer.dims.ndisplay == 2:
+            self.viewer.dims.ndisplay = 3  # once, at the start: the user may switch back
         self.worker.start()
         return True
 
@@ -355,10 +423,11 @@ class MinerWidget(QWidget):
             self.pause()
 
     def _set_running_ui(self, running: bool) -> None:
-        self.fit_button.setEnabled(True)
+        self.fit_button.setEnabled(not self.mesh_busy)
         self.fit_button.setText("Stop" if running else "Fit")
         self.pause_button.setEnabled(running)
         self.pause_button.setText("Pause")
+        self.mesh_button.setEnabled(self.can_add_mesh())
         for widget in (
             self.input_combo,
             self.levels_spin,
@@ -429,8 +498,8 @@ class MinerWidget(QWidget):
             self.live.show_overlay(status.labels)
         text = (
             f"level {status.level} of {status.n_levels} · step {status.step} · "
-            f"active {status.n_active}/{status.n_blocks} · PSNR {_db(status.psnr)} · "
-            f"{status.elapsed_s:.1f} s"
+            f"active {status.n_active}/{status.n_blocks} · PSNR {_db(status.psnr)}"
+            f"{_iou(status.iou)} · {status.elapsed_s:.1f} s"
         )
         if self.paused:
             text += " · paused"
@@ -453,13 +522,17 @@ class MinerWidget(QWidget):
             live.show_level(done.level_data.level, done.level_data.data)
         if done.labels is not None:
             live.show_overlay(done.labels)
-        if done.pyramid:
-            live.show_final(done.pyramid, done.model)
+        if done.pyramid or done.volume is not None:
+            live.show_final(done.pyramid, done.model, done.volume)
         self.save_button.setEnabled(True)
+        self.mesh_button.setEnabled(self.can_add_mesh())
         if done.stopped:
             text = f"stopped after {done.elapsed_s:.1f} s: partial model kept"
         else:
-            text = f"done ({done.reason}) · PSNR {_db(done.psnr)} · {done.elapsed_s:.1f} s"
+            text = (
+                f"done ({done.reason}) · PSNR {_db(done.psnr)}{_iou(done.iou)} · "
+                f"{done.elapsed_s:.1f} s"
+            )
         self.status_label.setText(text)
         self._close_pbar()
 
@@ -505,6 +578,88 @@ class MinerWidget(QWidget):
         pbar, self._pbar = self._pbar, None
         if pbar is not None:
             pbar.close()
+
+    # ==================================================================== mesh
+    @property
+    def mesh_busy(self) -> bool:
+        """Whether *Add mesh* is extracting a surface."""
+        return self.mesh_worker is not None
+
+    def can_add_mesh(self) -> bool:
+        """Whether *Add mesh* applies: a finished or stopped model of a single-channel volume."""
+        return (
+            self.model is not None
+            and not self.running
+            and not self.mesh_busy
+            and self.live is not None
+            and is_volume_layout(self.model.layout)
+        )
+
+    def add_mesh(self) -> bool:
+        """Extract the fitted surface in a thread and add it as a Surface layer when done.
+
+        Marching cubes of level 0 at :data:`MESH_THRESHOLD` (normalised units); the layer,
+        ``<name> · MINER mesh``, takes the input layer's scale and translate. Returns whether the
+        extraction started; its failure (e.g. no surface at the threshold) is a notification.
+        """
+        from napari.qt.threading import create_worker
+        from napari.utils.notifications import show_error
+
+        if not self.can_add_mesh():
+            show_error("MINER: Add mesh needs a fitted single-channel 3D volume")
+            return False
+        live, done = self.live, threading.Event()
+        self._mesh_done = done
+
+        def extract(model: Any) -> Any:
+            from napari_miner.io.mesh import extract_mesh
+
+            try:  # errors are returned: napari would relay a raised one as an unhandled error
+                return extract_mesh(model, level=0, threshold=MESH_THRESHOLD)
+            except Exception as error:
+                return _WorkerError(error)
+            finally:
+                done.set()
+
+        worker = create_worker(extract, self.model, _start_thread=False)
+        self.mesh_worker = worker
+        worker.returned.connect(lambda mesh: self._on_mesh(live, mesh))
+        worker.errored.connect(self._on_mesh_error)
+        worker.finished.connect(self._on_mesh_finished)
+        self._previous_status = self.status_label.text()
+        self.status_label.setText("extracting the mesh (marching cubes)…")
+        self.mesh_button.setEnabled(False)
+        self.fit_button.setEnabled(False)
+        QApplication.setOverrideCursor(Qt.CursorShape.BusyCursor)
+        worker.start()
+        return True
+
+    def _on_mesh(self, live: LiveLayers, mesh: Any) -> None:
+        if self._torn_down:
+            return
+        if isinstance(mesh, _WorkerError):
+            self._on_mesh_error(mesh.error)
+            return
+        layer = live.show_mesh(mesh.vertices, mesh.faces)
+        self.status_label.setText(
+            f"{self._previous_status} · mesh: {len(mesh.faces)} faces in '{layer.name}'"
+        )
+
+    def _on_mesh_error(self, error: BaseException) -> None:
+        from napari.utils.notifications import show_error
+
+        if self._torn_down:
+            return
+        self.status_label.setText(f"{self._previous_status} · no mesh")
+        show_error(f"MINER: could not extract a mesh: {error}")
+
+    def _on_mesh_finished(self) -> None:
+        if self.mesh_worker is None:
+            return
+        self.mesh_worker = None
+        QApplication.restoreOverrideCursor()
+        if not self._torn_down:
+            self._set_running_ui(self.running)
 
     # ==================================================================== save
     def default_save_name(self) -> str:
@@ -561,6 +716,9 @@ class MinerWidget(QWidget):
             return
         self.shutdown()
         self._torn_down = True
+        if self.mesh_worker is not None:  # let a running extraction end (its result is dropped)
+            self._mesh_done.wait(30.0)
+            self._on_mesh_finished()
         _LIVE_WIDGETS.discard(self)
         self._watch_window(None)
         try:
@@ -608,12 +766,59 @@ def _worker_threads(main_threads: int) -> int:
     return max(1, min(main_threads, (os.cpu_count() or 2) - 1))
 
 
+def _is_volume_layer(layer: Any) -> bool:
+    """Whether ``layer`` is a 3D, non-RGB image (fitted as a volume)."""
+    return layer is not None and layer.ndim == 3 and not layer.rgb
+
+
+def binary_range(layer: Any) -> tuple[float, float] | None:
+    """``(low, high)`` of a binary (occupancy) image layer, or ``None`` if it is not binary.
+
+    Binary: a bool dtype, or at most two distinct values (a single value counts if it is 0 or 1).
+    Large inputs are judged on a subsample: a strided one of an in-memory array, the central box
+    of a lazy (dask, zarr) one.
+    """
+    import numpy as np
+
+    data = layer.data[0] if layer.multiscale else layer.data
+    dtype = np.dtype(data.dtype)
+    if dtype.kind == "b":
+        return (0.0, 1.0)
+    if dtype.kind not in "iuf":
+        return None
+    shape = tuple(int(s) for s in data.shape)
+    if isinstance(data, np.ndarray):
+        step = max(1, math.ceil((data.size / _BINARY_SAMPLE) ** (1.0 / max(1, data.ndim))))
+        sample = data[(slice(None, None, step),) * data.ndim]
+    else:
+        side = max(1, int(_BINARY_SAMPLE ** (1.0 / max(1, len(shape)))))
+        box = tuple(slice(max(0, (s - side) // 2), max(0, (s - side) // 2) + side) for s in shape)
+        sample = np.asarray(data[box])
+    if sample.size == 0:
+        return None
+    lo, hi = float(sample.min()), float(sample.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return None
+    if lo == hi:
+        return (0.0, 1.0) if lo in (0.0, 1.0) else None
+    if not np.all((sample == sample.min()) | (sample == sample.max())):
+        return None
+    return (lo, hi)
+
+
 def _spin(lo: int, hi: int, value: int, tip: str) -> QSpinBox:
     spin = QSpinBox()
     spin.setRange(lo, hi)
     spin.setValue(value)
     spin.setToolTip(tip)
     return spin
+
+
+def _iou(value: float | None) -> str:
+    """`` · IoU 0.987`` (empty without a value)."""
+    if value is None or not math.isfinite(value):
+        return ""
+    return f" · IoU {value:.3f}"
 
 
 def _db(value: float | None) -> str:

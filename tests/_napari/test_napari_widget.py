@@ -154,7 +154,7 @@ def test_input_selector_and_defaults(make_napari_viewer):
     viewer.add_image(np.zeros((16, 16)), name="a")
     widget = _widget(viewer)
     assert widget.input_choices() == ["a"]
-    viewer.add_image(np.zeros((16, 16, 3), dtype=np.uint8), name="b")
+    viewer.add_image(np.zeros((16, 16, 3), dtype=np.uint8), name="b", rgb=True)
     assert widget.input_choices() == ["a", "b"]
     assert widget.selected_layer().name == "a"  # the choice is kept
     viewer.layers["a"].name = "renamed"
@@ -219,7 +219,10 @@ def test_fit_shows_live_levels_overlay_and_final_model(
     model = widget.model
     assert model is not None and model.shape == camera64.shape
     assert widget.save_button.isEnabled() and widget.fit_button.text() == "Fit"
+    assert not widget.mesh_button.isEnabled()  # meshes are for volumes
     assert "done" in widget.status_label.text()
+    assert "IoU" not in widget.status_label.text()
+    assert viewer.dims.ndisplay == 2
     # the overlay was drawn while training, before the model existed
     assert any(before_done for before_done, _ in overlays)
     # finished model: label > 0 exactly where some level has an MLP, value = 1 + finest level
@@ -413,7 +416,11 @@ def test_volume_input(make_napari_viewer, qtbot):
     overlay = viewer.layers["vol · MINER active blocks"]
     assert overlay.data.shape == (3, 4, 4)
     np.testing.assert_array_equal(overlay.data, _expected_labels(widget.model))
-    assert viewer.layers["vol · MINER"].data[0].shape == volume.shape
+    # in 3D napari renders only a multiscale layer's coarsest level: the result is level 0
+    final = viewer.layers["vol · MINER"]
+    assert not final.multiscale and final.data.shape == volume.shape
+    np.testing.assert_array_equal(final.data, widget.model.decode(0))
+    assert viewer.dims.ndisplay == 3 and final.rendering == "mip"  # an intensity volume
 
 
 # ------------------------------------------------------------------------ screenshot
