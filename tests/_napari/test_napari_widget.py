@@ -7,7 +7,9 @@ import warnings
 
 import numpy as np
 import pytest
-from qtpy.QtCore import Qt, QThreadPool
+from napari_test_helpers import click as _click
+from napari_test_helpers import make_widget, wait_idle
+from qtpy.QtCore import QThreadPool
 from skimage import data as skdata
 from skimage.transform import resize
 
@@ -15,6 +17,15 @@ from napari_miner import MinerConfig, load
 from napari_miner._napari.widget import MinerWidget
 
 pytestmark = pytest.mark.viewer
+
+
+def _widget(viewer, *, steps=30, **kwargs):
+    return make_widget(viewer, steps=steps, **kwargs)
+
+
+def _wait_idle(qtbot, widget, timeout=20_000):
+    wait_idle(qtbot, widget, timeout)
+
 
 # runs every level to max_steps (no plateau/target stop) so that a fit lasts long enough to act on
 LONG = {"plateau_rel_tol": 0.0, "final_plateau_rel_tol": 0.0, "target_psnr": 100.0}
@@ -28,28 +39,6 @@ def camera64() -> np.ndarray:
 @pytest.fixture(scope="module")
 def astronaut64() -> np.ndarray:
     return skdata.astronaut()[::8, ::8].copy()  # 64x64x3 uint8
-
-
-def _widget(viewer, *, levels=3, block=8, steps=30, **overrides) -> MinerWidget:
-    widget = MinerWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="MINER fit")
-    widget.levels_spin.setValue(levels)
-    widget.block_spin.setValue(block)
-    widget.steps_spin.setValue(steps)
-    widget.device_combo.setCurrentText("cpu")
-    widget.refresh_interval_s = 0.05
-    widget.ui_interval_s = 0.05
-    widget.config_overrides = dict(overrides)
-    return widget
-
-
-def _click(qtbot, button) -> None:
-    assert button.isEnabled()
-    qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
-
-
-def _wait_idle(qtbot, widget, timeout=20_000) -> None:
-    qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
 
 
 def _wait_step(qtbot, widget, level=None, timeout=20_000) -> None:

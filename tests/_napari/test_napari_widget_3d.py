@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from miner_test_data import intensity_volume, spheres
-from qtpy.QtCore import Qt
+from napari_test_helpers import click as _click
+from napari_test_helpers import make_widget, wait_idle
 
 from napari_miner import MinerConfig
 from napari_miner._napari.widget import MinerWidget, binary_range
@@ -15,30 +16,17 @@ from napari_miner.core.overlay import active_block_labels
 
 pytestmark = pytest.mark.viewer
 
+
+def _widget(viewer, *, steps=300, **kwargs):
+    return make_widget(viewer, steps=steps, **kwargs)
+
+
+def _wait_idle(qtbot, widget, timeout=30_000):
+    wait_idle(qtbot, widget, timeout)
+
+
 ANGLES = (20.0, -40.0, 110.0)
 """An oblique 3D view (napari's default looks straight down the first axis)."""
-
-
-def _widget(viewer, *, levels=3, block=8, steps=300, **overrides) -> MinerWidget:
-    widget = MinerWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="MINER fit")
-    widget.levels_spin.setValue(levels)
-    widget.block_spin.setValue(block)
-    widget.steps_spin.setValue(steps)
-    widget.device_combo.setCurrentText("cpu")
-    widget.refresh_interval_s = 0.05
-    widget.ui_interval_s = 0.05
-    widget.config_overrides = dict(overrides)
-    return widget
-
-
-def _click(qtbot, button) -> None:
-    assert button.isEnabled()
-    qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
-
-
-def _wait_idle(qtbot, widget, timeout=30_000) -> None:
-    qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
 
 
 def _record_statuses(widget, monkeypatch) -> list[str]:
