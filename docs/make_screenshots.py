@@ -107,11 +107,15 @@ def volume_screenshot(viewer, widget, args: argparse.Namespace) -> int:
     camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
     camera.angles = (20.0, -40.0, 110.0)  # oblique: napari's default looks down the z axis
     _process_until(lambda: False, 0.5)
-    path = args.out / "widget-3d.png"
-    viewer.screenshot(path=str(path), canvas_only=False, flash=False)
-    print(f"{time.monotonic() - t0:5.1f} s  saved {path}: {widget.status_label.text()}")
+    _save(viewer, widget, args.out / "widget-3d.png", t0)
     viewer.close()
     return 0
+
+
+def _save(viewer, widget, path: Path, t0: float) -> None:
+    """Screenshot the whole window (dock included) and report it."""
+    viewer.screenshot(path=str(path), canvas_only=False, flash=False)
+    print(f"{time.monotonic() - t0:5.1f} s  saved {path}: {widget.status_label.text()}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,9 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     if not widget.running:
         print("warning: the fit ended before the mid-fit screenshot", flush=True)
     _process_until(lambda: False, 0.3)  # let the latest layer refresh draw
-    training = args.out / "widget-training.png"
-    viewer.screenshot(path=str(training), canvas_only=False, flash=False)
-    print(f"{time.monotonic() - t0:5.1f} s  saved {training}: {widget.status_label.text()}")
+    _save(viewer, widget, args.out / "widget-training.png", t0)
 
     if not _process_until(lambda: not widget.running, args.timeout):
         print("error: the fit did not finish in time", flush=True)
@@ -181,9 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     if overlay is not None:
         overlay.visible = False  # the result itself; the overlay is in the mid-fit picture
     _process_until(lambda: False, 0.5)
-    done = args.out / "widget-done.png"
-    viewer.screenshot(path=str(done), canvas_only=False, flash=False)
-    print(f"{time.monotonic() - t0:5.1f} s  saved {done}: {widget.status_label.text()}")
+    _save(viewer, widget, args.out / "widget-done.png", t0)
     viewer.close()
     return 0
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FitRun", "MinerConfig", "MinerModel", "fit", "fit_iter", "load", "resolve_device"]
 
+
 class MinerModel(PyramidModel):
     """A fitted MINER model: decode any level or region, browse it lazily, save it.
 

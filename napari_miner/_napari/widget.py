@@ -29,6 +29,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -215,10 +216,8 @@ class MinerWidget(QWidget):
         layout.addStretch(1)
 
         # ------------------------------------------------------- viewer hookup
-        events = self.viewer.layers.events
-        events.inserted.connect(self._on_layers_inserted)
-        events.removed.connect(self._refresh_inputs)
-        events.moved.connect(self._refresh_inputs)
+        for signal, slot in self._layer_list_hooks():
+            signal.connect(slot)
         for layer in self.viewer.layers:
             layer.events.name.connect(self._refresh_inputs)
         self.input_combo.currentIndexChanged.connect(self._sync_form_defaults)
@@ -274,6 +273,15 @@ class MinerWidget(QWidget):
         if layer is not None:
             layer.events.name.connect(self._refresh_inputs)
         self._refresh_inputs()
+
+    def _layer_list_hooks(self) -> list[tuple[Any, Callable[..., None]]]:
+        """The layer-list events this widget follows, with their handlers."""
+        events = self.viewer.layers.events
+        return [
+            (events.inserted, self._on_layers_inserted),
+            (events.removed, self._refresh_inputs),
+            (events.moved, self._refresh_inputs),
+        ]
 
     def _refresh_inputs(self, event: Any = None) -> None:
         """Offer every Image layer (not labels, points, …) of the viewer; keep the choice."""
@@ -722,10 +730,8 @@ class MinerWidget(QWidget):
         _LIVE_WIDGETS.discard(self)
         self._watch_window(None)
         try:
-            events = self.viewer.layers.events
-            events.inserted.disconnect(self._on_layers_inserted)
-            events.removed.disconnect(self._refresh_inputs)
-            events.moved.disconnect(self._refresh_inputs)
+            for signal, slot in self._layer_list_hooks():
+                signal.disconnect(slot)
             for layer in self.viewer.layers:
                 layer.events.name.disconnect(self._refresh_inputs)
         except Exception:  # the viewer may already be half torn down

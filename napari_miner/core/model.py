@@ -13,7 +13,7 @@ from .blocks import BlockGrid, array_from_blocks, local_coordinates
 from .config import MinerConfig
 from .errors import InvalidInputError
 from .layout import InputLayout
-from .mlp_bank import bank_forward_chunked, count_parameters
+from .mlp_bank import bank_forward_chunked, count_parameters, layer_sizes
 from .pyramid import level_shapes, upsample
 
 
@@ -265,8 +265,6 @@ class PyramidModel:
 
 def empty_levels(shape: Sequence[int], config: MinerConfig, n_channels: int) -> list[LevelParams]:
     """Levels without any MLP (a model that decodes to zeros), the starting point of a fit."""
-    from .mlp_bank import layer_sizes
-
     levels = []
     for j, level_shape in enumerate(level_shapes(shape, config.n_levels)):
         sizes = layer_sizes(len(shape), config.width_at(j), config.hidden_layers, n_channels)

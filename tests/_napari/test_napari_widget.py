@@ -312,13 +312,18 @@ def test_training_error_becomes_a_notification(make_napari_viewer, qtbot, camera
     assert widget.model is None and not widget.save_button.isEnabled()
 
 
-def test_closing_the_viewer_stops_the_worker(make_napari_viewer, qtbot, camera64):
+def _start_endless_fit(make_napari_viewer, qtbot, image):
+    """A viewer whose widget is in the middle of a fit that would not end by itself."""
     viewer = make_napari_viewer()
-    viewer.add_image(camera64, name="cam")
+    viewer.add_image(image, name="cam")
     widget = _widget(viewer, steps=100_000, **LONG)
     _click(qtbot, widget.fit_button)
     _wait_step(qtbot, widget)
-    worker, control = widget.worker, widget._control
+    return viewer, widget, widget.worker, widget._control
+
+
+def test_closing_the_viewer_stops_the_worker(make_napari_viewer, qtbot, camera64):
+    viewer, widget, worker, control = _start_endless_fit(make_napari_viewer, qtbot, camera64)
     viewer.close()
     assert control.done.is_set()  # the generator ended (its thread is free)
     assert not worker.is_running
@@ -328,12 +333,7 @@ def test_closing_the_viewer_stops_the_worker(make_napari_viewer, qtbot, camera64
 
 
 def test_closing_the_dock_widget_stops_the_worker(make_napari_viewer, qtbot, camera64):
-    viewer = make_napari_viewer()
-    viewer.add_image(camera64, name="cam")
-    widget = _widget(viewer, steps=100_000, **LONG)
-    _click(qtbot, widget.fit_button)
-    _wait_step(qtbot, widget)
-    worker, control = widget.worker, widget._control
+    viewer, widget, worker, control = _start_endless_fit(make_napari_viewer, qtbot, camera64)
     viewer.window.remove_dock_widget(widget)
     assert control.done.is_set() and not worker.is_running and not widget.running
     assert QThreadPool.globalInstance().waitForDone(5000)
