@@ -129,6 +129,39 @@ def inspect_input(
         data = np.asarray(data)
     shape = tuple(int(s) for s in data.shape)
     dtype = np.dtype(data.dtype)
+    # validate the layout before reading any value
+    layout_of(shape, dtype, 0.0, 0.0, rgb=rgb, channel_axis=channel_axis)
+    array = np.asarray(data)
+    if dtype.kind == "f" and not np.isfinite(array).all():
+        raise InvalidInputError(
+            "input contains NaN or infinite values; replace them before fitting"
+        )
+    return layout_of(
+        shape, dtype, float(array.min()), float(array.max()), rgb=rgb, channel_axis=channel_axis
+    )
+
+
+def layout_of(
+    shape: tuple[int, ...],
+    dtype: Any,
+    value_min: float,
+    value_max: float,
+    *,
+    rgb: bool | None = None,
+    channel_axis: int | None = None,
+) -> InputLayout:
+    """The layout of an input of ``shape`` and ``dtype`` whose values span ``[value_min, value_max]``.
+
+    Used directly for inputs too large to read at once (their value range comes from a streamed
+    pass); see :func:`inspect_input` for the parameters.
+
+    Raises
+    ------
+    InvalidInputError
+        If the shape is empty or not 2D/3D (plus channels), or the dtype is not numeric.
+    """
+    shape = tuple(int(s) for s in shape)
+    dtype = np.dtype(dtype)
     if dtype.kind not in "biuf":
         raise InvalidInputError(
             f"input dtype {dtype} is not supported: use a boolean, integer or floating-point array"
@@ -160,11 +193,4 @@ def inspect_input(
         )
     if 0 in shape:
         raise InvalidInputError(f"input is empty (shape {shape})")
-    array = np.asarray(data)
-    if dtype.kind == "f" and not np.isfinite(array).all():
-        raise InvalidInputError(
-            "input contains NaN or infinite values; replace them before fitting"
-        )
-    value_min = float(array.min())
-    value_max = float(array.max())
-    return InputLayout(shape, dtype.str, channel_axis, is_rgb, value_min, value_max)
+    return InputLayout(shape, dtype.str, channel_axis, is_rgb, float(value_min), float(value_max))
