@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -101,15 +101,14 @@ class MinerTrainer:
         self._clock = _Stopwatch(device)
         # blocks per chunk of the training step: cache-sized on CPUs, the whole bank on GPUs
         self._chunk = 16 if device.type == "cpu" else 1 << 20
-        self._current: tuple[int, CompactAdam, torch.Tensor, _Standardization] | None = None
+        self._current: LevelTraining | None = None
 
     # ---------------------------------------------------------------------- public
     def model(self) -> PyramidModel:
         """The model as trained so far (also mid-level: active blocks at their current weights)."""
         levels = list(self.levels)
         if self._current is not None:
-            j, optimizer, rows, norm = self._current
-            levels[j] = _with_active(levels[j], optimizer, rows, norm)
+            levels[self._current.index] = self._current.snapshot()
         return self._model_class(self.layout, self.config, levels, self._metadata())
 
     @property
@@ -117,8 +116,7 @@ class MinerTrainer:
         """``(level, bank rows)`` of the blocks still being optimised, or ``None`` between levels."""
         if self._current is None:
             return None
-        j, _, rows, _ = self._current
-        return j, rows.clone()
+        return self._current.index, self._current.rows.clone()
 
     def run(self) -> Iterator[Event]:
         """Train coarse to fine; yields :mod:`~napari_miner.core.events` and ends with ``Finished``."""
@@ -190,30 +188,119 @@ class MinerTrainer:
         self, j: int, target: torch.Tensor, base: torch.Tensor
     ) -> Iterator[Event | bool]:
         """Train level ``j`` on ``target - base``; yields events, and ``True`` at the target."""
-        cfg = self.config
+        training = LevelTraining(
+            j, target, base, self.config, self._generator, self._coords, self._chunk,
+            lambda: self._clock.elapsed,
+        )  # fmt: skip
+        self.levels[j] = training.level
+        self._current = training  # a fit closed mid-level keeps the level's current weights
+        yield from training.run()
+        self._current = None
+
+
+class LevelTraining:
+    """The training of one level (or one tile of a level) on ``target - base``.
+
+    Prunes blocks before training, then optimises the remaining blocks' MLPs with retirement at
+    convergence and the level's stopping rules (see the module docstring). The result is
+    :attr:`level`, filled in as blocks retire.
+
+    Parameters
+    ----------
+    index : int
+        Pyramid level being trained (its MLP width and learning rate depend on it).
+    target, base : torch.Tensor
+        ``(C, *spatial)`` target of the region and the upsampled coarser estimate over it; the
+        region must start on a block boundary of the level.
+    config : MinerConfig
+        Training settings.
+    generator : torch.Generator
+        Source of the initial weights (and pixel samples).
+    coords : torch.Tensor
+        Local block coordinates (:func:`~napari_miner.core.blocks.local_coordinates`) on the device.
+    chunk : int
+        Blocks per chunk of the hand-written backward pass.
+    clock : callable
+        Returns the elapsed training time reported in progress events.
+    """
+
+    def __init__(
+        self,
+        index: int,
+        target: torch.Tensor,
+        base: torch.Tensor,
+        config: MinerConfig,
+        generator: torch.Generator,
+        coords: torch.Tensor,
+        chunk: int,
+        clock: Callable[[], float],
+    ) -> None:
+        cfg = config
+        self.index = index
+        self.config = config
+        self._coords = coords
+        self._chunk = chunk
+        self._clock = clock
+        self._target, self._base = target, base
+        self._generator = generator
+        device = target.device
         residual = target - base
         grid = BlockGrid(tuple(residual.shape[1:]), cfg.block_size)
         blocks = grid.unfold(residual)
-        mask = grid.valid_mask(self.device)
+        mask = grid.valid_mask(device)
         n_channels = blocks.shape[1]
         counts = mask.sum(dim=(1, 2)) * n_channels
         energy = (blocks.square() * mask).sum(dim=(1, 2)) / counts
         block_ids = blocks_to_train(energy, counts, cfg)
         n = block_ids.numel()
         weights, biases = init_bank(
-            n,
-            grid.ndim,
-            cfg.width_at(j),
-            cfg.hidden_layers,
-            n_channels,
-            cfg.omega_0,
-            self._generator,
-            self.device,
-        )
-        level = LevelParams(
+            n, grid.ndim, cfg.width_at(index), cfg.hidden_layers, n_channels, cfg.omega_0,
+            generator, device,
+        )  # fmt: skip
+        self.level = LevelParams(
             grid, block_ids, weights, biases, {"n_blocks": grid.n_blocks, "n_mlps": n}
         )
-        self.levels[j] = level
+        self._grid, self._blocks, self._mask = grid, blocks, mask
+        self._counts, self._energy, self._n_channels = counts, energy, n_channels
+        self.rows = torch.arange(n, device=device)  # bank rows still optimised
+        self._optimizer: CompactAdam | None = None
+        self._norm: _Standardization | None = None
+        self.steps = 0
+
+    @property
+    def n_active(self) -> int:
+        """Blocks that got an MLP."""
+        return self.level.n_mlps
+
+    def snapshot(self) -> LevelParams:
+        """Copy of :attr:`level` whose still-optimised blocks hold their current weights."""
+        level = self.level
+        copy = LevelParams(
+            level.grid,
+            level.block_ids,
+            [w.clone() for w in level.weights],
+            [b.clone() for b in level.biases],
+            dict(level.stats),
+        )
+        if self._optimizer is not None and self._norm is not None and self.rows.numel():
+            _store(
+                copy,
+                self._optimizer,
+                self.rows,
+                self._norm,
+                torch.ones_like(self.rows, dtype=torch.bool),
+            )
+        return copy
+
+    def run(self) -> Iterator[Event | bool]:
+        """Train; yields ``ScaleStarted`` and ``Progress`` events, and ``True`` at the target."""
+        cfg = self.config
+        j = self.index
+        grid, blocks, mask = self._grid, self._blocks, self._mask
+        counts, energy, n_channels = self._counts, self._energy, self._n_channels
+        level = self.level
+        block_ids = level.block_ids
+        n = block_ids.numel()
         yield ScaleStarted(level=j, n_blocks=grid.n_blocks, n_active=n)
         if n == 0:
             level.stats["steps"] = 0
@@ -229,7 +316,7 @@ class MinerTrainer:
         norm = _Standardization(scale, offset)
         block_mse = energy.clone()  # pruned blocks keep their residual energy as error
         total_count = counts.sum()
-        rows = torch.arange(n, device=self.device)  # bank rows still optimised
+        rows = self.rows
         # the still-optimised blocks' targets (divided by their RMS), masks and scales, compacted
         goals = centered / scale[:, None, None]
         masks = None if bool(mask.all()) else mask[block_ids]
@@ -237,24 +324,30 @@ class MinerTrainer:
         occupancy = None
         if cfg.iou_threshold is not None:
             occupancy = _OccupancyCounts(
-                grid.unfold(base), grid.unfold(target), mask, cfg.iou_threshold, block_ids
+                grid.unfold(self._base),
+                grid.unfold(self._target),
+                mask,
+                cfg.iou_threshold,
+                block_ids,
             )
         level_iou = None if occupancy is None else occupancy.iou
+        weights, biases = level.weights, level.biases
         n_layers = len(weights)
         optimizer = CompactAdam(weights + biases, lr_multipliers(n_layers, cfg.omega_0) * 2)
-        self._current = (j, optimizer, rows, norm)
+        self._optimizer, self._norm = optimizer, norm
         base_lr = cfg.learning_rate_at(j)
         plateau = cfg.final_plateau_rel_tol if j == 0 else cfg.plateau_rel_tol
         pixels = grid.block_pixels
         n_sample = max(1, round(cfg.pixel_fraction * pixels))
+        generator = self._generator
         previous_mse: float | None = None
         step = 0
         reached = False
         while step < cfg.max_steps and rows.numel():
             coords, goal, weight = self._coords, goals, masks
             if n_sample < pixels:
-                pick = torch.randperm(pixels, generator=self._generator)[:n_sample].sort().values
-                pick = pick.to(self.device)
+                pick = torch.randperm(pixels, generator=generator)[:n_sample].sort().values
+                pick = pick.to(coords.device)
                 coords, goal = coords[:, pick], goal[:, :, pick]
                 weight = None if weight is None else weight[:, :, pick]
             params = optimizer.params
@@ -263,6 +356,7 @@ class MinerTrainer:
             )
             optimizer.step(grad_w + grad_b, base_lr * cfg.lr_decay**step)
             step += 1
+            self.steps = step
 
             if step % cfg.progress_every == 0:
                 # the step's own (sampled, pre-update) block errors: cheap, and close enough to report
@@ -275,13 +369,13 @@ class MinerTrainer:
                     level_mse,
                     psnr_from_mse(level_mse),
                     int(rows.numel()),
-                    self._clock.elapsed,
+                    self._clock(),
                     grid.mask(block_ids[rows]),
                     level_iou,
                 )
             if step % cfg.check_every and step != cfg.max_steps:
                 continue
-            exact, prediction = self._exact_mse(optimizer, goals, masks, n_channels)
+            exact, prediction = _exact_mse(optimizer, goals, masks, n_channels, self._coords)
             exact = exact * scales_sq
             if not bool(torch.isfinite(exact).all()):
                 raise TrainingError(
@@ -295,12 +389,12 @@ class MinerTrainer:
             level_mse = float((block_mse * counts).sum() / total_count)
             retire = exact < cfg.retire_mse
             if bool(retire.any()):
-                self._store(level, optimizer, rows, norm, retire)
+                _store(level, optimizer, rows, norm, retire)
                 keep = torch.nonzero(~retire).flatten()
                 optimizer.keep(keep)
                 rows, goals, scales_sq = rows[keep], goals[keep], scales_sq[keep]
                 masks = None if masks is None else masks[keep]
-                self._current = (j, optimizer, rows, norm)
+                self.rows = rows
             if j == 0 and (
                 psnr_from_mse(level_mse) >= cfg.target_psnr
                 or (
@@ -315,50 +409,51 @@ class MinerTrainer:
                 break
             previous_mse = level_mse
         if rows.numel():
-            self._store(level, optimizer, rows, norm, torch.ones_like(rows, dtype=torch.bool))
+            _store(level, optimizer, rows, norm, torch.ones_like(rows, dtype=torch.bool))
+        self.rows = rows[:0]
         level.stats["steps"] = step
-        self._current = None
         if reached:
             yield True
 
-    def _exact_mse(
-        self,
-        optimizer: CompactAdam,
-        goals: torch.Tensor,
-        masks: torch.Tensor | None,
-        n_channels: int,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact MSE of every optimised block on its real pixels, and the blocks' outputs.
 
-        Both are in the blocks' standardised units.
-        """
-        n_layers = len(optimizer.params) // 2
-        params = optimizer.params
-        out = bank_forward_chunked(params[:n_layers], params[n_layers:], self._coords)
-        sq = (out - goals).square()
-        if masks is None:
-            return sq.mean(dim=(1, 2)), out
-        return (sq * masks).sum(dim=(1, 2)) / (masks.sum(dim=(1, 2)) * n_channels), out
+def _exact_mse(
+    optimizer: CompactAdam,
+    goals: torch.Tensor,
+    masks: torch.Tensor | None,
+    n_channels: int,
+    coords: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact MSE of every optimised block on its real pixels, and the blocks' outputs.
 
-    @staticmethod
-    def _store(
-        level: LevelParams,
-        optimizer: CompactAdam,
-        rows: torch.Tensor,
-        norm: _Standardization,
-        which: torch.Tensor,
-    ) -> None:
-        """Write the selected optimised blocks, standardisation folded in, into the level's bank."""
-        n_layers = len(level.weights)
-        params = optimizer.params
-        target_rows = rows[which]
-        scale = norm.scale[target_rows][:, None, None]
-        for layer in range(n_layers):
-            w, b = params[layer][which], params[n_layers + layer][which]
-            if layer == n_layers - 1:
-                w, b = w * scale, b * scale + norm.offset[target_rows][:, :, None]
-            level.weights[layer][target_rows] = w
-            level.biases[layer][target_rows] = b
+    Both are in the blocks' standardised units.
+    """
+    n_layers = len(optimizer.params) // 2
+    params = optimizer.params
+    out = bank_forward_chunked(params[:n_layers], params[n_layers:], coords)
+    sq = (out - goals).square()
+    if masks is None:
+        return sq.mean(dim=(1, 2)), out
+    return (sq * masks).sum(dim=(1, 2)) / (masks.sum(dim=(1, 2)) * n_channels), out
+
+
+def _store(
+    level: LevelParams,
+    optimizer: CompactAdam,
+    rows: torch.Tensor,
+    norm: _Standardization,
+    which: torch.Tensor,
+) -> None:
+    """Write the selected optimised blocks, standardisation folded in, into the level's bank."""
+    n_layers = len(level.weights)
+    params = optimizer.params
+    target_rows = rows[which]
+    scale = norm.scale[target_rows][:, None, None]
+    for layer in range(n_layers):
+        w, b = params[layer][which], params[n_layers + layer][which]
+        if layer == n_layers - 1:
+            w, b = w * scale, b * scale + norm.offset[target_rows][:, :, None]
+        level.weights[layer][target_rows] = w
+        level.biases[layer][target_rows] = b
 
 
 class _OccupancyCounts:
@@ -407,24 +502,6 @@ class _Standardization:
 
     scale: torch.Tensor
     offset: torch.Tensor
-
-
-def _with_active(
-    level: LevelParams, optimizer: CompactAdam, rows: torch.Tensor, norm: _Standardization
-) -> LevelParams:
-    """Copy of ``level`` whose still-optimised rows hold their current weights."""
-    snapshot = LevelParams(
-        level.grid,
-        level.block_ids,
-        [w.clone() for w in level.weights],
-        [b.clone() for b in level.biases],
-        dict(level.stats),
-    )
-    if rows.numel():
-        MinerTrainer._store(
-            snapshot, optimizer, rows, norm, torch.ones_like(rows, dtype=torch.bool)
-        )
-    return snapshot
 
 
 def blocks_to_train(
