@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .core.config import MinerConfig
-from .core.errors import DeviceError, MinerError, OutOfMemoryError, TrainingError
+from .core.errors import ConfigError, DeviceError, MinerError, OutOfMemoryError, TrainingError
 from .core.events import Event, Finished
 from .core.layout import inspect_input
 from .core.model import PyramidModel
@@ -20,7 +20,18 @@ from .core.trainer import MinerTrainer
 if TYPE_CHECKING:
     import dask.array
 
-__all__ = ["FitRun", "MinerConfig", "MinerModel", "fit", "fit_iter", "load", "resolve_device"]
+    from .io.tiled_fit import TiledFit
+
+__all__ = [
+    "FitRun",
+    "MinerConfig",
+    "MinerModel",
+    "fit",
+    "fit_iter",
+    "load",
+    "parse_memory_budget",
+    "resolve_device",
+]
 
 
 class MinerModel(PyramidModel):
@@ -62,21 +73,52 @@ def load(path: str | PathLike[str]) -> MinerModel:
     return load_model(path, MinerModel)
 
 
-def _provenance(data: Any, config: MinerConfig, device: torch.device) -> dict[str, Any]:
+def _provenance(config: MinerConfig, device: torch.device, **input_digest: str) -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         package_version = version("napari-miner")
     except PackageNotFoundError:  # running from a source tree
         package_version = "unknown"
-    digest = hashlib.sha256(np.ascontiguousarray(np.asarray(data)).view(np.uint8).ravel())
     return {
         "package_version": package_version,
         "torch_version": torch.__version__,
         "seed": config.seed,
         "device": str(device),
-        "input_sha256": digest.hexdigest(),
+        **input_digest,
     }
+
+
+def _sha256(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).view(np.uint8).ravel()).hexdigest()
+
+
+DEFAULT_MEMORY_BUDGET = 1 << 30
+"""Bytes an out-of-core fit may use for its tensors when no ``memory_budget`` is given (1 GiB)."""
+
+
+def parse_memory_budget(budget: int | str | None) -> int:
+    """Bytes of a memory budget given as a number or a string such as ``"512MB"`` or ``"2GiB"``.
+
+    Raises
+    ------
+    ConfigError
+        If the budget is not a positive size.
+    """
+    from dask.utils import parse_bytes
+
+    if budget is None:
+        return DEFAULT_MEMORY_BUDGET
+    try:
+        value = parse_bytes(budget) if isinstance(budget, str) else int(budget)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(
+            f"memory_budget must be a number of bytes or a size such as '512MB' or '2GiB', "
+            f"got {budget!r}"
+        ) from error
+    if isinstance(budget, bool) or value <= 0:
+        raise ConfigError(f"memory_budget must be positive, got {budget!r}")
+    return value
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -119,7 +161,7 @@ class FitRun:
     model of what has been trained so far, and the final model once the fit finished.
     """
 
-    def __init__(self, trainer: MinerTrainer) -> None:
+    def __init__(self, trainer: MinerTrainer | TiledFit) -> None:
         self._trainer = trainer
         self._events = self._guarded(trainer.run())
         self._final: MinerModel | None = None
@@ -167,14 +209,20 @@ def fit_iter(
     device: str | torch.device = "auto",
     rgb: bool | None = None,
     channel_axis: int | None = None,
+    store: str | PathLike[str] | None = None,
+    memory_budget: int | str | None = None,
+    overwrite: bool = False,
+    component: str | None = None,
+    tile_blocks: int | None = None,
 ) -> FitRun:
     """Start fitting MINER to ``data`` and return an iterator over progress events.
 
     Parameters
     ----------
-    data : array-like
+    data : array-like or path
         2D image ``(Y, X)``, RGB(A) image ``(Y, X, 3|4)`` or volume ``(Z, Y, X)`` as a numpy,
-        dask or zarr array; boolean, integer or float.
+        dask or zarr array (boolean, integer or float), or the path of a zarr array, of a group
+        with ``component``, or of an OME-Zarr image (level 0 is fitted, its axes are respected).
     config : MinerConfig, optional
         Training settings; the defaults suit 2D images.
     device : str or torch.device
@@ -183,29 +231,117 @@ def fit_iter(
         Whether a last axis of length 3 or 4 holds colour (napari's rule by default).
     channel_axis : int, optional
         Axis holding channels of a multichannel image.
+    store : path, optional
+        Fit out of core into this model store (``*.miner.zarr``): the input is read region by
+        region, levels are trained tile by tile and every finished tile is written to the store at
+        once. If the store holds an unfinished fit of the same input with the same settings, the
+        fit resumes from its finished tiles. The result is read from the store on demand.
+    memory_budget : int or str, optional
+        Bytes (or a size such as ``"512MB"``, ``"4GiB"``) an out-of-core fit may use for its
+        tensors; it sets the tile size (default 1 GiB). Without ``store``, an input whose
+        in-memory fit would exceed the budget is refused.
+    overwrite : bool
+        Replace a store that holds another fit instead of raising.
+    component : str, optional
+        Array inside the zarr group at ``data``.
+    tile_blocks : int, optional
+        Out of core: upper limit of a tile's side in blocks (default: as large as
+        ``memory_budget`` allows). Smaller tiles mean more, shorter tasks.
 
     Returns
     -------
     FitRun
-        Iterate it for :class:`ScaleStarted`, :class:`Progress`, :class:`ScaleFinished` and finally
-        :class:`Finished` (which carries the model). Closing it cancels the fit.
+        Iterate it for :class:`ScaleStarted`, :class:`Progress`, :class:`ScaleFinished` (and
+        :class:`TileFinished` in an out-of-core fit) and finally :class:`Finished` (which carries
+        the model). Closing it cancels the fit.
 
     Raises
     ------
-    InvalidInputError, ConfigError, DeviceError
-        For unusable input, settings or device (raised here, before training starts).
+    InvalidInputError, ConfigError, DeviceError, ModelFormatError
+        For unusable input, settings, device or store (raised here, before training starts).
     """
     config = MinerConfig() if config is None else config
     if not isinstance(config, MinerConfig):
         raise TypeError(f"config must be a MinerConfig, got {type(config).__name__}")
+    resolved = resolve_device(device)
+    if isinstance(data, str | PathLike):
+        from .io.source import open_input
+
+        source = open_input(data, component=component)
+        data = source.array
+        if channel_axis is None:
+            channel_axis = source.channel_axis
+    if store is not None:
+        return _fit_out_of_core(
+            data, config, resolved, rgb, channel_axis, store, memory_budget, overwrite, tile_blocks
+        )
+    if memory_budget is not None:
+        _check_fits_in_memory(data, config, parse_memory_budget(memory_budget))
     array = np.asarray(data)  # a dask or zarr input is read once, here
     layout = inspect_input(array, rgb=rgb, channel_axis=channel_axis)
-    resolved = resolve_device(device)
     signal = layout.normalize(array)
-    trainer = MinerTrainer(
-        signal, layout, config, resolved, _provenance(array, config, resolved), MinerModel
-    )
+    provenance = _provenance(config, resolved, input_sha256=_sha256(array))
+    trainer = MinerTrainer(signal, layout, config, resolved, provenance, MinerModel)
     return FitRun(trainer)
+
+
+def _check_fits_in_memory(data: Any, config: MinerConfig, budget: int) -> None:
+    """Refuse an in-memory fit whose tensors would exceed ``budget`` (the signal alone, ten times)."""
+    shape = tuple(getattr(data, "shape", np.shape(data)))
+    need = 10 * 4 * int(np.prod(shape))
+    if need > budget:
+        raise ConfigError(
+            f"fitting an input of shape {shape} in memory needs about {need / 2**30:.1f} GiB, more "
+            f"than memory_budget ({budget / 2**30:.1f} GiB): pass store='fit.miner.zarr' to fit "
+            "it out of core, tile by tile"
+        )
+
+
+def _fit_out_of_core(
+    data: Any,
+    config: MinerConfig,
+    device: torch.device,
+    rgb: bool | None,
+    channel_axis: int | None,
+    store: str | PathLike[str],
+    memory_budget: int | str | None,
+    overwrite: bool,
+    tile_blocks: int | None,
+) -> FitRun:
+    import dask.array as da
+
+    from .core.layout import layout_of
+    from .io.source import scan_input
+    from .io.tiled_fit import TiledFit
+
+    budget = parse_memory_budget(memory_budget)
+    array = data if isinstance(data, da.Array) else da.asarray(data)
+    # check the layout before the streamed scan reads the input
+    layout_of(array.shape, array.dtype, 0.0, 0.0, rgb=rgb, channel_axis=channel_axis)
+    stats = scan_input(array)
+    layout = layout_of(
+        array.shape,
+        array.dtype,
+        stats.value_min,
+        stats.value_max,
+        rgb=rgb,
+        channel_axis=channel_axis,
+    )
+    provenance = _provenance(config, device, input_digest=stats.digest)
+    fit = TiledFit(
+        array,
+        layout,
+        stats.digest,
+        config,
+        device,
+        store,
+        budget,
+        provenance,
+        MinerModel,
+        overwrite,
+        tile_blocks,
+    )
+    return FitRun(fit)
 
 
 def fit(
@@ -215,9 +351,25 @@ def fit(
     device: str | torch.device = "auto",
     rgb: bool | None = None,
     channel_axis: int | None = None,
+    store: str | PathLike[str] | None = None,
+    memory_budget: int | str | None = None,
+    overwrite: bool = False,
+    component: str | None = None,
+    tile_blocks: int | None = None,
 ) -> MinerModel:
     """Fit MINER to ``data`` and return the model (see :func:`fit_iter` for the parameters)."""
-    run = fit_iter(data, config, device=device, rgb=rgb, channel_axis=channel_axis)
+    run = fit_iter(
+        data,
+        config,
+        device=device,
+        rgb=rgb,
+        channel_axis=channel_axis,
+        store=store,
+        memory_budget=memory_budget,
+        overwrite=overwrite,
+        component=component,
+        tile_blocks=tile_blocks,
+    )
     for _ in run:
         pass
     return run.model

@@ -54,6 +54,10 @@ class Progress:
     iou : float or None
         IoU of the occupied sets (``config.iou_threshold``) of the level's estimate and target, as of
         the last convergence check; ``None`` unless occupancy is tracked.
+    tile : tuple of int or None
+        In a tiled (out-of-core) fit, ``(tiles finished, tiles of the level)``: ``loss``, ``psnr``,
+        ``step`` and ``n_active`` are then those of the tile being trained, and ``active_mask``
+        covers the whole level. ``None`` in a fit of the whole level at once.
     """
 
     level: int
@@ -64,6 +68,41 @@ class Progress:
     elapsed_s: float
     active_mask: np.ndarray = field(repr=False)
     iou: float | None = None
+    tile: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TileFinished:
+    """A tile of a level finished training in a tiled (out-of-core) fit and is in the store.
+
+    Attributes
+    ----------
+    level : int
+        Level of the tile.
+    index : tuple of int
+        Position of the tile in the level's tile grid.
+    done : int
+        Tiles of the level finished so far (including tiles finished by an earlier, resumed run).
+    n_tiles : int
+        Tiles of the level.
+    region : tuple of slice
+        The tile's pixels at that level.
+    n_mlps : int
+        Blocks of the tile that hold an MLP.
+    psnr : float
+        PSNR of the level's estimate over the tile, in dB.
+    elapsed_s : float
+        Training time since the fit started.
+    """
+
+    level: int
+    index: tuple[int, ...]
+    done: int
+    n_tiles: int
+    region: tuple[slice, ...] = field(repr=False)
+    n_mlps: int
+    psnr: float
+    elapsed_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +113,9 @@ class ScaleFinished:
     ----------
     level : int
         Level that finished.
-    reconstruction : numpy.ndarray
-        The level's estimate in normalised units, shaped ``(*spatial, channels)``.
+    reconstruction : numpy.ndarray or dask.array.Array
+        The level's estimate in normalised units, shaped ``(*spatial, channels)``; in a tiled fit, a
+        lazy dask array decoded from the store on demand.
     active_mask : numpy.ndarray
         Boolean block-grid mask of the blocks that hold an MLP at this level.
     psnr : float
@@ -123,4 +163,4 @@ class Finished:
     iou: float | None = None
 
 
-Event = ScaleStarted | Progress | ScaleFinished | Finished
+Event = ScaleStarted | Progress | TileFinished | ScaleFinished | Finished

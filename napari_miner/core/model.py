@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -15,6 +15,42 @@ from .errors import InvalidInputError
 from .layout import InputLayout
 from .mlp_bank import bank_forward_chunked, count_parameters, layer_sizes
 from .pyramid import level_shapes, upsample
+
+
+@runtime_checkable
+class LevelBank(Protocol):
+    """What decoding needs of one pyramid level: its grid and the MLPs of any set of blocks.
+
+    :class:`LevelParams` holds a level in memory; the model store provides levels that are read
+    tile by tile on demand (``napari_miner.io.tiled_store``).
+    """
+
+    grid: BlockGrid
+    stats: dict[str, Any]
+
+    @property
+    def n_mlps(self) -> int:
+        """Number of blocks that hold an MLP."""
+        ...
+
+    @property
+    def n_parameters(self) -> int:
+        """Every weight and bias of the level."""
+        ...
+
+    def active_mask(self) -> np.ndarray:
+        """Boolean mask over the block grid of the blocks with an MLP."""
+        ...
+
+    def gather(
+        self, block_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """MLPs of the given flat block indices.
+
+        Returns a boolean tensor (which of ``block_ids`` hold an MLP) and the weights and biases of
+        those blocks, in the order of ``block_ids``, on the CPU.
+        """
+        ...
 
 
 @dataclass(eq=False)
@@ -44,11 +80,30 @@ class LevelParams:
         """Number of blocks that hold an MLP."""
         return int(self.block_ids.numel())
 
+    @property
+    def n_parameters(self) -> int:
+        """Every weight and bias of the level."""
+        return count_parameters(self.weights, self.biases)
+
     def block_lookup(self) -> torch.Tensor:
         """``(n_blocks,)`` row of each block in the bank, -1 for blocks without an MLP."""
         lookup = torch.full((self.grid.n_blocks,), -1, dtype=torch.long)
         lookup[self.block_ids.cpu()] = torch.arange(self.n_mlps)
         return lookup
+
+    def gather(
+        self, block_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """MLPs of the given flat block indices (see :class:`LevelBank`)."""
+        lookup = self.__dict__.get("_lookup")
+        if lookup is None:
+            lookup = self.__dict__["_lookup"] = self.block_lookup()
+        rows = lookup[block_ids.cpu()]
+        present = rows >= 0
+        take = rows[present]
+        weights = [w[take].cpu() for w in self.weights]
+        biases = [b[take].cpu() for b in self.biases]
+        return present, weights, biases
 
     def active_mask(self) -> np.ndarray:
         """Boolean mask over the block grid of the blocks with an MLP."""
@@ -78,8 +133,9 @@ class PyramidModel:
         Shape, dtype, channel layout and value range of the fitted input.
     config : MinerConfig
         Settings the model was fitted with.
-    levels : list of LevelParams
-        One entry per level, level 0 (full resolution) first.
+    levels : list of LevelParams or LevelBank
+        One entry per level, level 0 (full resolution) first. In-memory levels are copied to the
+        CPU; other banks (read from a store on demand) are used as they are.
     metadata : dict, optional
         Fit statistics and provenance (plain JSON values).
     """
@@ -88,14 +144,15 @@ class PyramidModel:
         self,
         layout: InputLayout,
         config: MinerConfig,
-        levels: Sequence[LevelParams],
+        levels: Sequence[LevelBank],
         metadata: dict[str, Any] | None = None,
     ) -> None:
         self.layout = layout
         self.config = config
-        self.levels = [level.to("cpu") for level in levels]
+        self.levels: list[LevelBank] = [
+            level.to("cpu") if isinstance(level, LevelParams) else level for level in levels
+        ]
         self.metadata = dict(metadata or {})
-        self._lookups = [level.block_lookup() for level in self.levels]
         self._coords = local_coordinates(config.block_size, len(layout.spatial_shape))
 
     # ----------------------------------------------------------------- description
@@ -127,7 +184,7 @@ class PyramidModel:
     @property
     def n_parameters(self) -> int:
         """Every stored weight and bias, all levels together."""
-        return sum(count_parameters(lv.weights, lv.biases) for lv in self.levels)
+        return sum(lv.n_parameters for lv in self.levels)
 
     def level_shape(self, level: int) -> tuple[int, ...]:
         """Spatial shape of ``level``."""
@@ -212,12 +269,33 @@ class PyramidModel:
             bounds.append((start, stop))
         return bounds
 
+    def coarse_estimate(
+        self,
+        level: int,
+        region: Sequence[slice] | None = None,
+        device: torch.device | str = "cpu",
+    ) -> torch.Tensor:
+        """What the levels coarser than ``level`` predict there: the upsampled coarser estimate.
+
+        This is the base that ``level``'s MLPs add their residual to (zeros at the coarsest level).
+        Returns a normalised ``(C, *spatial)`` tensor over ``region`` (level-``level`` pixels).
+        """
+        level = self._check_level(level)
+        bounds = self._region_bounds(level, region)
+        with torch.no_grad():
+            return self._coarse(level, bounds, torch.device(device))
+
     def _estimate(
         self, level: int, bounds: list[tuple[int, int]], device: torch.device
     ) -> torch.Tensor:
-        residual = self._residual(level, bounds, device)
+        return self._coarse(level, bounds, device) + self._residual(level, bounds, device)
+
+    def _coarse(
+        self, level: int, bounds: list[tuple[int, int]], device: torch.device
+    ) -> torch.Tensor:
         if level == self.n_levels - 1:
-            return residual
+            shape = [hi - lo for lo, hi in bounds]
+            return torch.zeros((self.layout.n_channels, *shape), device=device)
         parent_shape = self.levels[level + 1].grid.shape
         parent_bounds = [
             (max(lo // 2 - 1, 0), min(-(-hi // 2) + 1, s))
@@ -229,7 +307,7 @@ class PyramidModel:
             slice(lo - 2 * plo, hi - 2 * plo)
             for (lo, hi), (plo, _) in zip(bounds, parent_bounds, strict=True)
         )
-        return up[(slice(None),) + crop] + residual
+        return up[(slice(None),) + crop]
 
     def _residual(
         self, level: int, bounds: list[tuple[int, int]], device: torch.device
@@ -244,16 +322,14 @@ class PyramidModel:
         flat = torch.zeros_like(mesh[0])
         for axis, m in enumerate(mesh):
             flat = flat * grid.grid_shape[axis] + m
-        rows = self._lookups[level][flat.reshape(-1)]
-        present = rows >= 0
+        present, weights, biases = params.gather(flat.reshape(-1))
         n_channels = self.layout.n_channels
-        values = torch.zeros((rows.numel(), n_channels, grid.block_pixels), device=device)
+        values = torch.zeros((present.numel(), n_channels, grid.block_pixels), device=device)
         if bool(present.any()):
-            take = rows[present]
-            weights = [w[take].to(device) for w in params.weights]
-            biases = [bias[take].to(device) for bias in params.biases]
             values[present.to(device)] = bank_forward_chunked(
-                weights, biases, self._coords.to(device)
+                [w.to(device) for w in weights],
+                [bias.to(device) for bias in biases],
+                self._coords.to(device),
             )
         array = array_from_blocks(values, sub_grid, b)
         crop = tuple(

@@ -16,9 +16,10 @@ target and the ×2 upsampled estimate of the level below. Within a level every b
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -35,18 +36,23 @@ from .model import LevelParams, PyramidModel, empty_levels
 from .pyramid import gaussian_targets, upsample
 
 
-class _Stopwatch:
-    """Accumulates time while running; paused while the consumer holds an event."""
+class Stopwatch:
+    """Accumulates time while running; paused while the consumer holds an event.
 
-    def __init__(self, device: torch.device) -> None:
+    ``offset`` is time already spent (by an earlier run of a resumed fit).
+    """
+
+    def __init__(self, device: torch.device, offset: float = 0.0) -> None:
         self._device = device
-        self._total = 0.0
+        self._total = offset
         self._since: float | None = None
 
     def start(self) -> None:
+        """Start (or resume) counting."""
         self._since = time.perf_counter()
 
     def pause(self) -> float:
+        """Stop counting (after the device finished its queued work); returns the total."""
         if self._device.type == "cuda":
             torch.cuda.synchronize(self._device)
         if self._since is not None:
@@ -56,6 +62,7 @@ class _Stopwatch:
 
     @property
     def elapsed(self) -> float:
+        """Total time counted so far."""
         running = 0.0 if self._since is None else time.perf_counter() - self._since
         return self._total + running
 
@@ -96,9 +103,8 @@ class MinerTrainer:
         self.device = device
         self.signal = signal.to(device)
         self.levels: list[LevelParams] = empty_levels(layout.spatial_shape, config, signal.shape[0])
-        self._generator = torch.Generator().manual_seed(config.seed)
         self._coords = local_coordinates(config.block_size, signal.ndim - 1, device)
-        self._clock = _Stopwatch(device)
+        self._clock = Stopwatch(device)
         # blocks per chunk of the training step: cache-sized on CPUs, the whole bank on GPUs
         self._chunk = 16 if device.type == "cpu" else 1 << 20
         self._current: LevelTraining | None = None
@@ -188,9 +194,12 @@ class MinerTrainer:
         self, j: int, target: torch.Tensor, base: torch.Tensor
     ) -> Iterator[Event | bool]:
         """Train level ``j`` on ``target - base``; yields events, and ``True`` at the target."""
+        # each level draws its weights from its own seed, as every tile of an out-of-core fit
+        # does, so that a level trained as one tile is trained exactly as here
+        seed = tile_seed(self.config.seed, j, (0,) * (target.ndim - 1))
         training = LevelTraining(
-            j, target, base, self.config, self._generator, self._coords, self._chunk,
-            lambda: self._clock.elapsed,
+            j, target, base, self.config, torch.Generator().manual_seed(seed), self._coords,
+            self._chunk, lambda: self._clock.elapsed,
         )  # fmt: skip
         self.levels[j] = training.level
         self._current = training  # a fit closed mid-level keeps the level's current weights
@@ -222,6 +231,10 @@ class LevelTraining:
         Blocks per chunk of the hand-written backward pass.
     clock : callable
         Returns the elapsed training time reported in progress events.
+    prune_threshold : float, optional
+        Train exactly the blocks whose residual energy exceeds this (a threshold chosen over a
+        whole level whose tiles are trained one by one); by default pruning is decided here
+        (:func:`blocks_to_train`).
     """
 
     def __init__(
@@ -234,6 +247,7 @@ class LevelTraining:
         coords: torch.Tensor,
         chunk: int,
         clock: Callable[[], float],
+        prune_threshold: float | None = None,
     ) -> None:
         cfg = config
         self.index = index
@@ -250,8 +264,11 @@ class LevelTraining:
         mask = grid.valid_mask(device)
         n_channels = blocks.shape[1]
         counts = mask.sum(dim=(1, 2)) * n_channels
-        energy = (blocks.square() * mask).sum(dim=(1, 2)) / counts
-        block_ids = blocks_to_train(energy, counts, cfg)
+        energy = block_energy(blocks, mask)
+        if prune_threshold is None:
+            block_ids = blocks_to_train(energy, counts, cfg)
+        else:
+            block_ids = torch.nonzero(energy > prune_threshold).flatten()
         n = block_ids.numel()
         weights, biases = init_bank(
             n, grid.ndim, cfg.width_at(index), cfg.hidden_layers, n_channels, cfg.omega_0,
@@ -502,6 +519,40 @@ class _Standardization:
 
     scale: torch.Tensor
     offset: torch.Tensor
+
+
+def tile_seed(seed: int, level: int, index: Sequence[int]) -> int:
+    """Seed of the initial weights of a tile (or a whole level, tile ``(0, ...)``).
+
+    A hash of the fit's seed, the level and the tile's position, so that what a tile learns does
+    not depend on the order in which tiles are trained.
+    """
+    text = f"{seed}/{level}/{'.'.join(str(int(i)) for i in index)}"
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
+
+
+def block_energy(blocks: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean square of every block's residual over its real pixels and all channels.
+
+    ``blocks`` is ``(n, C, pixels)``, ``mask`` the ``(n, 1, pixels)`` valid-pixel mask.
+    """
+    counts = mask.sum(dim=(1, 2)) * blocks.shape[1]
+    return (blocks.square() * mask).sum(dim=(1, 2)) / counts
+
+
+def prune_threshold(energy: torch.Tensor, counts: torch.Tensor, config: MinerConfig) -> float:
+    """The energy above which a block is trained: the threshold form of :func:`blocks_to_train`.
+
+    For a level whose tiles are trained separately, computed once from all its blocks.
+    """
+    if config.prune_mse is not None:
+        return float(config.prune_mse)
+    trained = blocks_to_train(energy, counts, config)
+    if trained.numel() == energy.numel():
+        return float("-inf")
+    pruned = torch.ones(energy.numel(), dtype=torch.bool)
+    pruned[trained.cpu()] = False
+    return float(energy.cpu()[pruned].max())
 
 
 def blocks_to_train(

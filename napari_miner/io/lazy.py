@@ -34,13 +34,28 @@ _FINGERPRINTS: weakref.WeakKeyDictionary[Any, tuple[tuple, str]] = weakref.WeakK
 
 
 def _tensors(model: PyramidModel) -> list[torch.Tensor]:
-    return [t for level in model.levels for t in (level.block_ids, *level.weights, *level.biases)]
+    from napari_miner.core.model import LevelParams
+
+    return [
+        t
+        for level in model.levels
+        if isinstance(level, LevelParams)
+        for t in (level.block_ids, *level.weights, *level.biases)
+    ]
+
+
+def _stored_tokens(model: PyramidModel) -> list[str]:
+    """Identity of the levels read from a store: its path and its tile records (checksums)."""
+    from napari_miner.core.model import LevelParams
+
+    return [level.fingerprint() for level in model.levels if not isinstance(level, LevelParams)]
 
 
 def _state(model: PyramidModel) -> tuple:
     """Cheap token that changes when a tensor is replaced or modified in place (torch ops)."""
     tensors = tuple((id(t), t._version) for t in _tensors(model))
-    return (id(model.layout), id(model.config), len(model.levels), tensors)
+    stored = tuple(id(level) for level in model.levels)
+    return (id(model.layout), id(model.config), len(model.levels), tensors, stored)
 
 
 def model_fingerprint(model: PyramidModel) -> str:
@@ -61,6 +76,8 @@ def model_fingerprint(model: PyramidModel) -> str:
         "grids": [[list(lv.grid.shape), lv.grid.block_size] for lv in model.levels],
     }
     digest.update(json.dumps(header, sort_keys=True).encode())
+    for token in _stored_tokens(model):
+        digest.update(token.encode())
     for tensor in _tensors(model):
         t = tensor.detach().to("cpu").contiguous()
         digest.update(f"{t.dtype}{tuple(t.shape)}".encode())

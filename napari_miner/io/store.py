@@ -51,8 +51,11 @@ __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "SUFFIX", "load_model", "save_model"
 FORMAT_NAME = "napari-miner.model"
 """Value of the ``format`` attribute of every model store."""
 
-FORMAT_VERSION = 1
-"""Newest store format version this package writes and reads."""
+FORMAT_VERSION = 2
+"""Newest store format version this package reads: 1 is written by :func:`save_model`, 2 (tiled,
+see :mod:`napari_miner.io.tiled_store`) by out-of-core fits."""
+
+_SPARSE_VERSION = 1
 
 SUFFIX = ".miner.zarr"
 """Recommended suffix of model stores."""
@@ -108,16 +111,39 @@ def save_model(model: PyramidModel, path: str | PathLike[str]) -> None:
             f"cannot save the model to {target}: directory {target.parent} does not exist"
         )
     _check_overwritable(target)
-    arrays, attributes = _serialize(model)
+    source = _backing_store(model)
+    if source is not None and source.resolve() == target:
+        return  # the model already lives there
+    arrays, attributes = ({}, {}) if source is not None else _serialize(model)
 
     temporary = _new_sibling(target, "tmp")
     try:
-        _write_store(temporary, arrays, attributes)
+        if source is not None:
+            temporary.rmdir()
+            shutil.copytree(source, temporary)
+        else:
+            _write_store(temporary, arrays, attributes)
         _fsync_tree(temporary)
         _swap_into_place(temporary, target)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
+
+
+def _backing_store(model: PyramidModel) -> Path | None:
+    """The tiled store a model is read from, or ``None`` for a model held in memory."""
+    from .tiled_store import StoredLevel
+
+    stores = {level.store.path for level in model.levels if isinstance(level, StoredLevel)}
+    if not stores:
+        return None
+    if (
+        len(stores) > 1
+        or len(stores) == 1
+        and not all(isinstance(level, StoredLevel) for level in model.levels)
+    ):
+        raise ModelFormatError("cannot save a model that mixes levels of several stores")
+    return Path(stores.pop())
 
 
 def _check_overwritable(target: Path) -> None:
@@ -182,7 +208,7 @@ def _serialize(model: PyramidModel) -> tuple[dict[str, np.ndarray], dict[str, An
         )
     attributes = {
         "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
+        "format_version": _SPARSE_VERSION,
         "config": _to_json(config.to_dict(), "config"),
         "layout": _to_json(layout.to_dict(), "layout"),
         "metadata": _to_json(model.metadata, "metadata"),
@@ -299,6 +325,10 @@ def load_model(path: str | PathLike[str], model_class: Callable[..., M]) -> M:
     group = _open_group(location)
     attributes = _from_json(_read_attributes(group, location))
     _check_format(attributes, location)
+    if attributes.get("storage") == "tiled":
+        from .tiled_store import TiledStore
+
+        return TiledStore.open(location).model(model_class)
     try:
         config = MinerConfig.from_dict(_mapping(attributes, "config"))
     except (MinerError, TypeError, ValueError, KeyError) as error:
