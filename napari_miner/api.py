@@ -73,7 +73,9 @@ def load(path: str | PathLike[str]) -> MinerModel:
     return load_model(path, MinerModel)
 
 
-def _provenance(config: MinerConfig, device: torch.device, **input_digest: str) -> dict[str, Any]:
+def _provenance(
+    config: MinerConfig, device: torch.device | str, **input_digest: str
+) -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -214,6 +216,7 @@ def fit_iter(
     overwrite: bool = False,
     component: str | None = None,
     tile_blocks: int | None = None,
+    client: Any = None,
 ) -> FitRun:
     """Start fitting MINER to ``data`` and return an iterator over progress events.
 
@@ -247,6 +250,10 @@ def fit_iter(
     tile_blocks : int, optional
         Out of core: upper limit of a tile's side in blocks (default: as large as
         ``memory_budget`` allows). Smaller tiles mean more, shorter tasks.
+    client : distributed.Client, optional
+        Out of core: train the tiles of each level as tasks on this dask.distributed cluster
+        (the workers must see ``store`` and the input on a shared file system; each trains on
+        ``device``, so ``"auto"`` uses every worker's own GPU when it has one).
 
     Returns
     -------
@@ -263,7 +270,9 @@ def fit_iter(
     config = MinerConfig() if config is None else config
     if not isinstance(config, MinerConfig):
         raise TypeError(f"config must be a MinerConfig, got {type(config).__name__}")
-    resolved = resolve_device(device)
+    resolved = resolve_device(device) if client is None else torch.device("cpu")
+    if client is not None and store is None:
+        raise ConfigError("a distributed fit (client=...) needs store= (the shared model store)")
     if isinstance(data, str | PathLike):
         from .io.source import open_input
 
@@ -272,9 +281,11 @@ def fit_iter(
         if channel_axis is None:
             channel_axis = source.channel_axis
     if store is not None:
+        worker_device = device if isinstance(device, str) else str(device)
         return _fit_out_of_core(
-            data, config, resolved, rgb, channel_axis, store, memory_budget, overwrite, tile_blocks
-        )
+            data, config, resolved, rgb, channel_axis, store, memory_budget, overwrite,
+            tile_blocks, client, worker_device,
+        )  # fmt: skip
     if memory_budget is not None:
         _check_fits_in_memory(data, config, parse_memory_budget(memory_budget))
     array = np.asarray(data)  # a dask or zarr input is read once, here
@@ -307,6 +318,8 @@ def _fit_out_of_core(
     memory_budget: int | str | None,
     overwrite: bool,
     tile_blocks: int | None,
+    client: Any,
+    worker_device: str,
 ) -> FitRun:
     import dask.array as da
 
@@ -327,7 +340,8 @@ def _fit_out_of_core(
         rgb=rgb,
         channel_axis=channel_axis,
     )
-    provenance = _provenance(config, device, input_digest=stats.digest)
+    where = device if client is None else f"dask.distributed workers ({worker_device})"
+    provenance = _provenance(config, where, input_digest=stats.digest)
     fit = TiledFit(
         array,
         layout,
@@ -340,6 +354,8 @@ def _fit_out_of_core(
         MinerModel,
         overwrite,
         tile_blocks,
+        client,
+        worker_device,
     )
     return FitRun(fit)
 
@@ -356,6 +372,7 @@ def fit(
     overwrite: bool = False,
     component: str | None = None,
     tile_blocks: int | None = None,
+    client: Any = None,
 ) -> MinerModel:
     """Fit MINER to ``data`` and return the model (see :func:`fit_iter` for the parameters)."""
     run = fit_iter(
@@ -369,6 +386,7 @@ def fit(
         overwrite=overwrite,
         component=component,
         tile_blocks=tile_blocks,
+        client=client,
     )
     for _ in run:
         pass

@@ -110,7 +110,7 @@ def save_model(model: PyramidModel, path: str | PathLike[str]) -> None:
         raise FileNotFoundError(
             f"cannot save the model to {target}: directory {target.parent} does not exist"
         )
-    _check_overwritable(target)
+    check_overwritable(target)
     source = _backing_store(model)
     if source is not None and source.resolve() == target:
         return  # the model already lives there
@@ -146,7 +146,7 @@ def _backing_store(model: PyramidModel) -> Path | None:
     return Path(stores.pop())
 
 
-def _check_overwritable(target: Path) -> None:
+def check_overwritable(target: Path) -> None:
     """Refuse to replace anything at ``target`` but a napari-miner model or an empty directory."""
     if not os.path.lexists(target):
         return

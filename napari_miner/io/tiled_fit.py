@@ -36,6 +36,7 @@ from ..core.tiles import (
     train_tile,
 )
 from ..core.trainer import Stopwatch, prune_threshold, tile_seed
+from .store import check_overwritable
 from .tiled_store import TiledStore, is_tiled_store
 
 __all__ = ["TiledFit", "TileJob", "work_directory"]
@@ -169,6 +170,12 @@ class TiledFit:
         Replace a store that holds another fit instead of refusing.
     tile_blocks : int, optional
         Upper limit of a tile's side, in blocks.
+    client : distributed.Client, optional
+        Train the tiles of every level as tasks on this dask.distributed cluster (see
+        :mod:`napari_miner.io.distributed`); the workers need the store and the input on a shared
+        file system.
+    worker_device : str
+        Device the workers train on (``"auto"``: each worker's own GPU when it has one).
     """
 
     def __init__(
@@ -184,8 +191,12 @@ class TiledFit:
         model_class: type[PyramidModel] = PyramidModel,
         overwrite: bool = False,
         tile_blocks: int | None = None,
+        client: Any = None,
+        worker_device: str = "auto",
     ) -> None:
         config.check_shape(layout.spatial_shape)
+        self.client = client
+        self.worker_device = worker_device
         self.array = array
         self.layout = layout
         self.digest = digest
@@ -227,8 +238,10 @@ class TiledFit:
                 return TiledStore.open(path, mode="r+")
             if not overwrite:
                 raise ModelFormatError(
-                    f"{path} already holds {reason}; choose another output path, or overwrite it"
+                    f"{path} already holds {reason}; choose another output path, or replace it "
+                    "(overwrite=True; --overwrite on the command line)"
                 )
+            check_overwritable(path.resolve())  # only ever replace a model store
             if path.is_dir():
                 shutil.rmtree(path)
             else:
@@ -274,9 +287,16 @@ class TiledFit:
                 fingerprint=self.digest,
             )
             self._watch.pause()
-            job = TileJob(self.path, targets, self.device, self.memory_budget)
+            if self.client is None:
+                tiles: _Tiles = _LocalTiles(
+                    TileJob(self.path, targets, self.device, self.memory_budget)
+                )
+            else:
+                tiles = _ClusterTiles(
+                    self.client, self.path, targets, self.worker_device, self.memory_budget
+                )
             for level in reversed(range(self.config.n_levels)):
-                yield from self._train_level(job, level)
+                yield from self._train_level(tiles, level)
             store.finish({**self.provenance, "train_time_s": self._watch.elapsed})
             shutil.rmtree(work_directory(self.path), ignore_errors=True)
         stats = store.level_stats(0)
@@ -288,10 +308,7 @@ class TiledFit:
             stats.get("iou"),
         )
 
-    def _level_threshold(self, job: TileJob, level: int) -> float:
-        return level_threshold(self.store, level, lambda index: job.energies(level, index))
-
-    def _train_level(self, job: TileJob, level: int) -> Iterator[Event]:
+    def _train_level(self, runner: _Tiles, level: int) -> Iterator[Event]:
         store = self.store
         grid = store.grids[level]
         tiles = store.tiles(level)
@@ -301,40 +318,38 @@ class TiledFit:
         threshold = store.prune_threshold(level)
         if threshold is None:
             self._watch.start()
-            threshold = self._level_threshold(job, level)
+            energies = runner.energies(level, tiles)
+            threshold = level_threshold(store, level, energies.__getitem__)
             store.set_prune_threshold(level, threshold)
             self._watch.pause()
         mlp_mask = store.model(PyramidModel, 0).levels[level].active_mask() if done else None
         if mlp_mask is None:
             mlp_mask = np.zeros(grid.grid_shape, dtype=bool)
-        for index in tiles:
-            if index in done:
-                continue
+        todo = [index for index in tiles if index not in done]
+        self._watch.start()
+        for index, item in runner.train(level, todo, threshold, lambda: self._watch.elapsed):
             blocks = tile_blocks_region(grid, store.tile_blocks[level], index)
+            self._watch.pause()
+            if isinstance(item, Progress):
+                active = np.zeros(grid.grid_shape, dtype=bool)
+                active[blocks] = item.active_mask
+                yield dataclasses.replace(item, active_mask=active, tile=(len(done), len(tiles)))
+                self._watch.start()
+                continue
+            done.add(index)
+            mlp_mask[blocks] = item["mask"].astype(bool)
+            yield TileFinished(
+                level=level,
+                index=index,
+                done=len(done),
+                n_tiles=len(tiles),
+                region=item["region"],
+                n_mlps=int(item["n_mlps"]),
+                psnr=float(item["psnr"]),
+                elapsed_s=self._watch.elapsed,
+            )
             self._watch.start()
-            for item in job.run(level, index, threshold, lambda: self._watch.elapsed):
-                if isinstance(item, Progress):
-                    active = np.zeros(grid.grid_shape, dtype=bool)
-                    active[blocks] = item.active_mask
-                    self._watch.pause()
-                    yield dataclasses.replace(
-                        item, active_mask=active, tile=(len(done), len(tiles))
-                    )
-                    self._watch.start()
-                    continue
-                self._watch.pause()
-                done.add(index)
-                mlp_mask[blocks] = item["mask"].astype(bool)
-                yield TileFinished(
-                    level=level,
-                    index=index,
-                    done=len(done),
-                    n_tiles=len(tiles),
-                    region=item["region"],
-                    n_mlps=int(item["n_mlps"]),
-                    psnr=float(item["psnr"]),
-                    elapsed_s=self._watch.elapsed,
-                )
+        self._watch.pause()
         stats = store.level_stats(level)
         model = self.model()
         yield ScaleFinished(
@@ -346,6 +361,58 @@ class TiledFit:
             steps=int(stats["steps"]),
             iou=stats.get("iou"),
         )
+
+
+class _Tiles:
+    """Runs the tiles of a level: in this process, or on a cluster."""
+
+    def energies(
+        self, level: int, tiles: list[tuple[int, ...]]
+    ) -> dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]]:
+        raise NotImplementedError
+
+    def train(
+        self,
+        level: int,
+        tiles: list[tuple[int, ...]],
+        threshold: float,
+        clock: Callable[[], float],
+    ) -> Iterator[tuple[tuple[int, ...], Progress | dict[str, Any]]]:
+        raise NotImplementedError
+
+
+class _LocalTiles(_Tiles):
+    def __init__(self, job: TileJob) -> None:
+        self.job = job
+
+    def energies(self, level, tiles):  # noqa: D102
+        return {index: self.job.energies(level, index) for index in tiles}
+
+    def train(self, level, tiles, threshold, clock):  # noqa: D102
+        for index in tiles:
+            for item in self.job.run(level, index, threshold, clock):
+                yield index, item
+
+
+class _ClusterTiles(_Tiles):
+    def __init__(
+        self, client: Any, path: Path, targets: list[Any], device: str, memory_budget: int
+    ) -> None:
+        from .distributed import FitSpec, scatter_spec
+
+        self.client = client
+        spec = FitSpec(str(path.resolve()), targets, device, memory_budget)
+        self.spec = scatter_spec(client, spec)
+
+    def energies(self, level, tiles):  # noqa: D102
+        from .distributed import distributed_energies
+
+        return distributed_energies(self.client, self.spec, level, tiles)
+
+    def train(self, level, tiles, threshold, clock):  # noqa: D102
+        from .distributed import distributed_tiles
+
+        yield from distributed_tiles(self.client, self.spec, level, tiles, threshold)
 
 
 def level_threshold(

@@ -1,0 +1,309 @@
+"""The ``napari-miner`` command line, called in-process through ``main`` (and once as a process)."""
+
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import zarr
+from miner_test_data import smooth
+
+import napari_miner as nm
+from napari_miner import cli
+
+FIT = ["--max-steps", "20", "--levels", "2", "--block-size", "16", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def gray():
+    return ((smooth((48, 40), frequency=5.0) + 1) * 100).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, gray):
+    """A small fitted model, saved once for the info/decode/export tests."""
+    path = tmp_path_factory.mktemp("model") / "gray.miner.zarr"
+    model = nm.fit(gray, nm.MinerConfig(n_levels=3, block_size=8, max_steps=20), device="cpu")
+    model.save(path)
+    return path, nm.load(path)
+
+
+def _error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("napari-miner: error: ")
+    return lines[0]
+
+
+# --------------------------------------------------------------------------------------- fit
+def test_fit_zarr_input_prints_json_summary(tmp_path, gray, capsys):
+    source = tmp_path / "gray.zarr"
+    zarr.create_array(str(source), data=gray, chunks=(16, 16))
+    output = tmp_path / "fit.miner.zarr"
+    assert cli.main(["fit", str(source), str(output), *FIT, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""  # not a terminal: no progress bars
+    summary = json.loads(captured.out.strip())
+    assert summary["output"] == str(output)
+    assert summary["input"] == "gray.zarr"
+    assert summary["shape"] == [48, 40] and summary["dtype"] == "uint8"
+    assert summary["psnr"] > 15 and summary["elapsed_s"] > 0
+    model = nm.load(output)
+    assert summary["parameters"] == model.n_parameters
+    assert model.shape == (48, 40) and model.config.max_steps == 20 and model.n_levels == 2
+
+
+def test_fit_png_and_npy_inputs(tmp_path, capsys):
+    from skimage import data
+    from skimage import io as skio
+
+    png = tmp_path / "astronaut.png"
+    skio.imsave(str(png), data.astronaut()[::16, ::16])  # 32x32x3
+    assert cli.main(["fit", str(png), str(tmp_path / "rgb.miner.zarr"), *FIT]) == 0
+    assert capsys.readouterr().out == ""  # quiet without --json
+    model = nm.load(tmp_path / "rgb.miner.zarr")
+    assert model.is_rgb and model.shape == (32, 32, 3)
+
+    npy = tmp_path / "volume.npy"
+    np.save(npy, smooth((20, 20, 20), frequency=4.0).astype(np.float32))
+    output = tmp_path / "volume.miner.zarr"
+    argv = ["fit", str(npy), str(output), "--volume", "--no-occupancy", *FIT, "--seed", "3"]
+    assert cli.main(argv) == 0
+    config = nm.load(output).config
+    assert config.block_size == 16 and config.hidden_width == 20 and config.seed == 3
+    assert config.target_iou is None
+
+
+def test_fit_zarr_group_component_and_overrides(tmp_path, gray):
+    group = zarr.open_group(str(tmp_path / "group.zarr"), mode="w")
+    group.create_array("images/gray", data=gray, chunks=(16, 16))
+    output = tmp_path / "fit.miner.zarr"
+    argv = ["fit", str(tmp_path / "group.zarr"), str(output), *FIT, "--component", "images/gray"]
+    argv += ["--hidden-width", "8", "--target-psnr", "25"]
+    assert cli.main(argv) == 0
+    config = nm.load(output).config
+    assert config.hidden_width == 8 and config.target_psnr == 25.0
+
+
+def test_fit_resumes_or_refuses_an_existing_output(tmp_path, gray, capsys):
+    source = tmp_path / "gray.npy"
+    np.save(source, gray)
+    output = tmp_path / "fit.miner.zarr"
+    assert cli.main(["fit", str(source), str(output), *FIT]) == 0
+    before = nm.load(output).decode()
+    # the same fit again: the store is complete, nothing is trained, nothing changes
+    assert cli.main(["fit", str(source), str(output), *FIT, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["output"] == str(output)
+    np.testing.assert_array_equal(nm.load(output).decode(), before)
+    # another fit into it is refused unless --overwrite
+    assert cli.main(["fit", str(source), str(output), *FIT, "--seed", "5"]) == 1
+    assert "--overwrite" in _error_line(capsys)
+    assert cli.main(["fit", str(source), str(output), *FIT, "--overwrite", "--seed", "5"]) == 0
+    assert nm.load(output).config.seed == 5
+
+    not_a_model = tmp_path / "precious"
+    not_a_model.mkdir()
+    (not_a_model / "data.txt").write_text("keep")
+    assert cli.main(["fit", str(source), str(not_a_model), *FIT, "--overwrite"]) == 1
+    assert "not a napari-miner model" in _error_line(capsys)
+    assert (not_a_model / "data.txt").read_text() == "keep"
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [("missing.zarr", "no such file or directory"), ("notes.txt", "cannot read")],
+)
+def test_fit_bad_input(tmp_path, capsys, path, expected):
+    (tmp_path / "notes.txt").write_text("not an image")
+    argv = ["fit", str(tmp_path / path), str(tmp_path / "out.miner.zarr"), *FIT]
+    assert cli.main(argv) == 1
+    assert expected in _error_line(capsys)
+    assert not (tmp_path / "out.miner.zarr").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--workers", "2", "--scheduler", "tcp://x:1"], "not allowed with"),
+        (["--memory-budget", "lots"], "memory size"),
+        (["--max-steps", "0"], "positive integer"),
+        (["--no-occupancy"], "--volume"),
+        (["--bogus"], "unrecognized arguments"),
+    ],
+)
+def test_fit_usage_errors(tmp_path, gray, capsys, extra, expected):
+    source = tmp_path / "gray.npy"
+    np.save(source, gray)
+    assert cli.main(["fit", str(source), str(tmp_path / "o.miner.zarr"), *FIT, *extra]) == 2
+    assert expected in _error_line(capsys)
+
+
+def test_fit_memory_budget_too_small(tmp_path, gray, capsys):
+    source = tmp_path / "gray.npy"
+    np.save(source, gray)
+    argv = ["fit", str(source), str(tmp_path / "o.miner.zarr"), *FIT, "--memory-budget", "1kB"]
+    assert cli.main(argv) == 1
+    assert "memory_budget=1000 bytes is too small" in _error_line(capsys)
+    assert not (tmp_path / "o.miner.zarr").exists()
+
+
+def test_fit_on_two_local_workers_matches_one_process(tmp_path, gray, capsys):
+    source = tmp_path / "gray.npy"
+    np.save(source, gray)
+    tiles = ["--tile-blocks", "1", "--block-size", "16"]
+    single, spread = tmp_path / "single.miner.zarr", tmp_path / "spread.miner.zarr"
+    assert cli.main(["fit", str(source), str(single), *FIT, *tiles]) == 0
+    assert cli.main(["fit", str(source), str(spread), *FIT, *tiles, "--workers", "2"]) == 0
+    np.testing.assert_array_equal(nm.load(spread).decode(), nm.load(single).decode())
+
+
+def test_parse_memory():
+    assert cli.parse_memory("512MB") == 512_000_000
+    assert cli.parse_memory("2GiB") == 2 * 1024**3
+    assert cli.parse_memory("1.5 GB") == 1_500_000_000
+    assert cli.parse_memory("4096") == 4096
+    for bad in ("", "lots", "0", "-1MB"):
+        with pytest.raises(Exception, match="memory size"):
+            cli.parse_memory(bad)
+
+
+def test_progress_bars_per_level(gray):
+    buffer = io.StringIO()
+    progress = cli._FitProgress(True, 20, file=buffer)
+    for event in nm.fit_iter(gray, nm.MinerConfig(n_levels=2, block_size=16, max_steps=20)):
+        progress(event)
+    text = buffer.getvalue()
+    assert "level 1" in text and "level 0" in text and "PSNR=" in text and "/20" in text
+
+
+# -------------------------------------------------------------------------------------- info
+def test_info_table_and_json(saved, capsys):
+    path, model = saved
+    assert cli.main(["info", str(path)]) == 0
+    table = capsys.readouterr().out
+    assert "48x40 uint8" in table and f"{model.n_parameters:,}" in table
+    assert "PSNR (dB)" in table and "block_size" in table and "input_sha256" in table
+    assert len([line for line in table.splitlines() if line.lstrip()[:1].isdigit()]) >= 3
+
+    assert cli.main(["info", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["shape"] == [48, 40] and info["parameters"] == model.n_parameters
+    assert [row["shape"] for row in info["levels"]] == [[48, 40], [24, 20], [12, 10]]
+    assert sum(row["parameters"] for row in info["levels"]) == model.n_parameters
+    assert info["levels"][0]["psnr"] == pytest.approx(model.levels[0].stats["psnr"])
+    assert info["config"] == model.config.to_dict()
+    assert info["metadata"]["input_sha256"] == model.metadata["input_sha256"]
+
+
+def test_info_missing_model(tmp_path, capsys):
+    assert cli.main(["info", str(tmp_path / "nothing.miner.zarr")]) == 1
+    assert "nothing.miner.zarr" in _error_line(capsys)
+
+
+# ------------------------------------------------------------------------------------ decode
+def test_decode_region_to_npy(saved, tmp_path):
+    path, model = saved
+    output = tmp_path / "region.npy"
+    argv = ["decode", str(path), str(output), "--level", "1", "--region", "2:14, 5:"]
+    assert cli.main(argv) == 0
+    expected = model.decode(1, region=(slice(2, 14), slice(5, 20)))
+    np.testing.assert_array_equal(np.load(output), expected)
+
+
+def test_decode_to_png_and_zarr(saved, tmp_path):
+    from skimage import io as skio
+
+    path, model = saved
+    assert cli.main(["decode", str(path), str(tmp_path / "full.png")]) == 0
+    np.testing.assert_array_equal(skio.imread(str(tmp_path / "full.png")), model.decode(0))
+    argv = ["decode", str(path), str(tmp_path / "part.zarr"), "--region", "-16:,:24"]
+    assert cli.main(argv) == 0
+    values = zarr.open_array(str(tmp_path / "part.zarr"), mode="r")[:]
+    np.testing.assert_array_equal(values, model.decode(0, region=(slice(32, 48), slice(0, 24))))
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize(
+    ("region", "expected"),
+    [
+        ("0:10", "2 spatial axes"),
+        ("0:10,5", "start:stop"),
+        ("0:10,a:b", "not an integer"),
+        ("0:10,0:100", "outside the level"),
+        ("10:5,0:4", "empty"),
+    ],
+)
+def test_decode_bad_region(saved, tmp_path, capsys, region, expected):
+    path, _ = saved
+    argv = ["decode", str(path), str(tmp_path / "r.npy"), "--region", region]
+    assert cli.main(argv) == 2
+    assert expected in _error_line(capsys)
+    assert not (tmp_path / "r.npy").exists()
+
+
+def test_decode_bad_level_and_format(saved, tmp_path, capsys):
+    path, _ = saved
+    assert cli.main(["decode", str(path), str(tmp_path / "r.npy"), "--level", "3"]) == 2
+    assert "levels 0 to 2" in _error_line(capsys)
+    assert cli.main(["decode", str(path), str(tmp_path / "r.bin")]) == 2
+    assert ".npy" in _error_line(capsys)
+
+
+def test_parse_region():
+    assert cli.parse_region("0:4, 2:", (10, 8)) == (slice(0, 4), slice(2, 8))
+    assert cli.parse_region(":,-3:-1,1:2", (5, 6, 7)) == (slice(0, 5), slice(3, 5), slice(1, 2))
+
+
+# ------------------------------------------------------------------------------------ export
+def test_export(saved, tmp_path, capsys):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    path, model = saved
+    output = tmp_path / "gray.ome.zarr"
+    assert cli.main(["export", str(path), str(output), "--chunk", "16"]) == 0
+    node = list(Reader(parse_url(str(output)))())[0]
+    assert [level.shape for level in node.data] == [model.decoded_shape(j) for j in range(3)]
+    np.testing.assert_array_equal(np.asarray(node.data[1]), model.decode(1))
+
+    assert cli.main(["export", str(path), str(output)]) == 1
+    assert "--overwrite" in _error_line(capsys)
+    assert cli.main(["export", str(path), str(output), "--overwrite", "--levels", "1"]) == 0
+    assert len(list(Reader(parse_url(str(output)))())[0].data) == 1
+
+    assert cli.main(["export", str(path), str(path), "--overwrite"]) == 2
+    assert "also the input" in _error_line(capsys)
+    assert nm.load(path).n_parameters == model.n_parameters  # the model is untouched
+
+
+# -------------------------------------------------------------------------------------- misc
+def test_demo_delegates_to_python_m_napari_miner(monkeypatch):
+    import napari_miner.__main__ as demo
+
+    seen = []
+    monkeypatch.setattr(demo, "main", lambda argv: seen.append(argv) or 0)
+    assert cli.main(["demo", "--image", "camera", "--max-steps", "5"]) == 0
+    assert seen == [["--image", "camera", "--max-steps", "5"]]
+
+
+def test_help_and_usage(capsys):
+    assert cli.main(["--help"]) == 0
+    assert "fit" in capsys.readouterr().out
+    assert cli.main([]) == 2
+    assert "COMMAND" in _error_line(capsys)
+
+
+def test_runs_as_a_process(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "napari_miner.cli", "info", str(tmp_path / "missing.miner.zarr")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("napari-miner: error: ")
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
