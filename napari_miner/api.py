@@ -171,6 +171,11 @@ class FitRun:
     def __iter__(self) -> FitRun:
         return self
 
+    @property
+    def out_of_core(self) -> bool:
+        """Whether the fit trains tile by tile into a store (its model is read from there)."""
+        return not isinstance(self._trainer, MinerTrainer)
+
     def __next__(self) -> Event:
         event = next(self._events)
         if isinstance(event, Finished):

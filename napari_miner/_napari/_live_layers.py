@@ -108,6 +108,12 @@ class SourceInfo:
             gamma=float(layer.gamma),
         )
 
+    @classmethod
+    def from_source(cls, name: str, shape: tuple[int, ...], rgb: bool) -> SourceInfo:
+        """Display settings for an input read from a path (no layer): unit scale, gray."""
+        ndim = len(shape) - (1 if rgb else 0)
+        return cls(name=name, scale=(1.0,) * ndim, translate=(0.0,) * ndim, rgb=rgb)
+
     @property
     def ndim(self) -> int:
         """Spatial dimensions of the input layer."""
@@ -173,18 +179,26 @@ class LiveLayers:
     def _present(self, layer: Any) -> bool:
         return layer is not None and layer in self.viewer.layers
 
-    def show_level(self, level: int, data: np.ndarray) -> Any:
-        """Create the live layer of ``level`` or replace its data."""
+    def show_level(self, level: int, data: np.ndarray | list) -> Any:
+        """Create the live layer of ``level`` or replace its data.
+
+        ``data`` is an array, or a lazy multiscale list (out-of-core fits): the layer is then a
+        multiscale layer that decodes only what is shown.
+        """
+        multiscale = isinstance(data, list)
         layer = self.level_layers.get(level)
         if self._present(layer):
-            layer.data = data
-            return layer
+            if bool(layer.multiscale) == multiscale:
+                layer.data = data
+                return layer
+            self.viewer.layers.remove(layer)
         scale, translate = self.level_transform(level)
         layer = self.viewer.add_image(
             data,
             name=level_layer_name(self.source.name, level),
             scale=scale,
             translate=translate,
+            multiscale=multiscale,
             **self._image_kwargs(),
         )
         self.level_layers[level] = layer

@@ -45,6 +45,7 @@ class Status:
     ``finished_levels`` counts the levels done; ``level_done`` says whether ``level`` is one of them.
     ``iou`` is the level's IoU of the occupied sets when occupancy is tracked (``config.iou_threshold``),
     as of its last convergence check; ``None`` otherwise (or before the level's first check).
+    ``tiles`` is ``(finished, total)`` tiles of the level in an out-of-core fit, else ``None``.
     """
 
     level: int
@@ -60,6 +61,7 @@ class Status:
     finished_levels: int = 0
     level_done: bool = False
     iou: float | None = None
+    tiles: tuple[int, int] | None = None
 
 
 @dataclass
@@ -72,10 +74,13 @@ class LevelData:
     ``kind`` is ``"start"`` (the coarser estimate upsampled, when the level starts), ``"preview"``
     (the level as trained so far; throttled, and counted in ``FitControl.frames_in_flight``) or
     ``"final"`` (the finished level, from ``ScaleFinished``, or where a stopped fit left it).
+
+    In an out-of-core fit, ``data`` is a lazy multiscale list (the level and the coarser ones,
+    decoded chunk by chunk from the store as napari shows them), refreshed as tiles finish.
     """
 
     level: int
-    data: np.ndarray
+    data: np.ndarray | list
     kind: str = "preview"
 
 
@@ -234,6 +239,11 @@ def _decode(model: Any, level: int, device: Any, continuous: bool) -> np.ndarray
     return _display(model.layout, model.decode_normalized(level, device=device), continuous)
 
 
+def _lazy_levels(model: Any, level: int) -> list:
+    """Level ``level`` of ``model`` and the coarser ones, as a lazy multiscale list (dask)."""
+    return model.as_pyramid()[level:]
+
+
 def is_volume_layout(layout: Any) -> bool:
     """Whether a model's input is a single-channel 3D volume (rendered as a volume, meshable)."""
     return len(layout.spatial_shape) == 3 and layout.n_channels == 1
@@ -280,6 +290,9 @@ def fit_messages(
     ui_interval_s: float = 0.2,
     refresh_interval_s: float = 1.0,
     torch_threads: int | None = None,
+    store: str | None = None,
+    memory_budget: str | None = None,
+    channel_axis: int | None = None,
 ) -> Iterator[Message]:
     """Fit ``data`` and yield throttled messages for the widget (runs in the worker thread).
 
@@ -302,6 +315,13 @@ def fit_messages(
         never takes more than about a fifth of the training time).
     torch_threads : int, optional
         torch intra-op threads for this thread (OpenMP settings are per thread in torch).
+    store : str, optional
+        Fit out of core into this model store (resuming an unfinished fit there); the live layers
+        are then lazy views of the store.
+    memory_budget : str, optional
+        Memory budget of an out-of-core fit (e.g. ``"1GiB"``).
+    channel_axis : int, optional
+        Channel axis of the input (from OME-Zarr metadata).
     """
     import torch
 
@@ -313,7 +333,15 @@ def fit_messages(
     try:
         resolved = resolve_device(device)
         control.device = resolved
-        run = fit_iter(data, config, device=resolved, rgb=rgb)
+        run = fit_iter(
+            data,
+            config,
+            device=resolved,
+            rgb=rgb,
+            channel_axis=channel_axis,
+            store=store,
+            memory_budget=memory_budget,
+        )
         yield from _messages(run, config, control, ui_interval_s, refresh_interval_s, resolved)
     except Exception as error:  # every failure goes to the user
         logger.error("napari-miner: the fit failed", exc_info=error)
@@ -337,6 +365,7 @@ def _messages(
     device: Any,
 ) -> Iterator[Message]:
     from napari_miner import Finished, Progress, ScaleFinished, ScaleStarted
+    from napari_miner.core.events import TileFinished
     from napari_miner.core.pyramid import level_shapes
 
     layout = run.model.layout  # a snapshot of the (still empty) model
@@ -360,6 +389,8 @@ def _messages(
     frame_interval = refresh_interval_s
     labels_dirty = False
     last_labels = -float("inf")
+    out_of_core = run.out_of_core  # live layers are lazy views of the store
+    tiles: tuple[int, int] | None = None
 
     def status(now: float, force_labels: bool = False) -> Status:
         nonlocal history, labels_dirty, last_labels
@@ -381,6 +412,7 @@ def _messages(
             finished_levels,
             level_done,
             iou,
+            tiles,
         )
         history = []
         return message
@@ -398,8 +430,9 @@ def _messages(
             level, step, n_blocks, n_active = event.level, 0, event.n_blocks, event.n_active
             level_done = False
             iou = None
+            tiles = None
             last_frame = -float("inf")  # a preview of the new level soon
-            if previous_estimate is not None:
+            if previous_estimate is not None and not out_of_core:
                 data = _upsampled(layout, previous_estimate, shapes[level], continuous)
                 yield LevelData(level, data, kind="start")
             yield status(now)
@@ -415,6 +448,10 @@ def _messages(
             if now - last_status >= ui_interval_s:
                 yield status(now)
                 last_status = now
+            if event.tile is not None:
+                tiles = event.tile
+            if out_of_core:
+                continue  # previews come as tiles finish
             if now - last_frame >= frame_interval and control.frames_in_flight == 0:
                 t0 = time.monotonic()
                 data = _decode(run.model, event.level, decode_device, continuous)
@@ -424,6 +461,16 @@ def _messages(
                 last_frame = time.monotonic()
                 control.frame_sent()
                 yield LevelData(event.level, data, kind="preview")
+        elif isinstance(event, TileFinished):
+            tiles = (event.done, event.n_tiles)
+            elapsed = event.elapsed_s
+            if now - last_status >= ui_interval_s:
+                yield status(now)
+                last_status = now
+            if now - last_frame >= refresh_interval_s and control.frames_in_flight == 0:
+                last_frame = now
+                control.frame_sent()
+                yield LevelData(event.level, _lazy_levels(run.model, event.level), kind="preview")
         elif isinstance(event, ScaleFinished):
             level, step, psnr, elapsed = event.level, event.steps, event.psnr, event.elapsed_s
             masks[event.level] = np.asarray(event.active_mask, dtype=bool)
@@ -434,10 +481,13 @@ def _messages(
             if event.iou is not None:
                 iou = float(event.iou)
             history.append((event.elapsed_s, event.psnr, event.level))
-            previous_estimate = event.reconstruction
-            data = _denormalize(layout, event.reconstruction, continuous)
-            if event.level == 0:
-                level0 = data
+            if out_of_core:
+                data: Any = _lazy_levels(run.model, event.level)
+            else:
+                previous_estimate = event.reconstruction
+                data = _denormalize(layout, event.reconstruction, continuous)
+                if event.level == 0:
+                    level0 = data
             yield LevelData(event.level, data, kind="final")
             yield status(now, force_labels=True)
             last_status = now
@@ -462,10 +512,13 @@ def _messages(
     if control.closing:
         return
     model = run.model
-    preview = LevelData(level, _decode(model, level, decode_device, continuous), kind="final")
-    labels, pyramid, volume = _final_products(
-        model, preview.data if level == 0 else None, continuous, decode_device
-    )
+    if out_of_core:
+        preview = LevelData(level, _lazy_levels(model, level), kind="final")
+        level0 = None
+    else:
+        preview = LevelData(level, _decode(model, level, decode_device, continuous), kind="final")
+        level0 = preview.data if level == 0 else None
+    labels, pyramid, volume = _final_products(model, level0, continuous, decode_device)
     yield Done(
         model,
         stopped=True,

@@ -42,8 +42,10 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QPushButton,
     QSpinBox,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -168,9 +170,35 @@ class MinerWidget(QWidget):
             item.setEnabled(False)
             item.setToolTip("CUDA is not available on this machine")
         self.device_combo.setToolTip("'auto' uses CUDA when available")
+        self.path_edit = QLineEdit()
+        self.path_edit.setPlaceholderText("or a zarr / OME-Zarr path")
+        self.path_edit.setToolTip(
+            "fit an image or volume straight from a zarr array, group path or OME-Zarr image, out "
+            "of core: read region by region, trained tile by tile into the model store below "
+            "(a fit interrupted there resumes)"
+        )
+        self.path_edit.textChanged.connect(self._on_path_changed)
+        self.browse_button = QToolButton()
+        self.browse_button.setText("…")
+        self.browse_button.setToolTip("choose a zarr directory")
+        self.browse_button.clicked.connect(self._on_browse_clicked)
+        path_row = QHBoxLayout()
+        path_row.addWidget(self.path_edit)
+        path_row.addWidget(self.browse_button)
+        self.store_edit = QLineEdit()
+        self.store_edit.setToolTip(
+            "model store an out-of-core fit writes tile by tile (default: next to the input)"
+        )
+        self.budget_edit = QLineEdit("1GiB")
+        self.budget_edit.setToolTip(
+            "memory an out-of-core fit may use for its tensors; sets the tile size"
+        )
 
         form = QFormLayout()
         form.addRow("input", self.input_combo)
+        form.addRow("", path_row)
+        form.addRow("model store", self.store_edit)
+        form.addRow("memory budget", self.budget_edit)
         form.addRow("levels", self.levels_spin)
         form.addRow("block size", self.block_spin)
         form.addRow("hidden width", self.width_spin)
@@ -262,10 +290,46 @@ class MinerWidget(QWidget):
             target_psnr=float(self.psnr_spin.value()),
         )
         values.update(self.config_overrides)
+        source = self.path_source()
+        if source is not None:
+            if _is_volume_shape(source.array.shape, source.channel_axis):
+                binary = source.array.dtype == bool
+                return MinerConfig.for_volume(occupancy=binary, **values)
+            return MinerConfig(**values)
         layer = self.selected_layer()
         if _is_volume_layer(layer):
             return MinerConfig.for_volume(occupancy=binary_range(layer) is not None, **values)
         return MinerConfig(**values)
+
+    def path_source(self) -> Any:
+        """The input opened from the path field (lazily), or None when the field is empty.
+
+        Raises
+        ------
+        InvalidInputError
+            If the path is not a readable zarr array, group or OME-Zarr image.
+        """
+        from napari_miner.io.source import open_input
+
+        path = self.path_edit.text().strip()
+        return open_input(os.path.expanduser(path)) if path else None
+
+    def store_path(self) -> str:
+        """The model store of an out-of-core fit: the field, or ``<input>.miner.zarr`` beside it."""
+        text = self.store_edit.text().strip()
+        if text:
+            return os.path.expanduser(text)
+        return default_store_path(self.path_edit.text().strip())
+
+    def _on_path_changed(self, text: str) -> None:
+        text = text.strip()
+        self.store_edit.setPlaceholderText(default_store_path(text) if text else "")
+        self.input_combo.setEnabled(not text and not self.running)
+
+    def _on_browse_clicked(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Zarr image or volume to fit")
+        if path:
+            self.path_edit.setText(path)
 
     # =========================================================== input choices
     def _on_layers_inserted(self, event: Any = None) -> None:
@@ -346,9 +410,14 @@ class MinerWidget(QWidget):
 
         if self.running or self.mesh_busy:
             return False
+        try:
+            opened = self.path_source()
+        except Exception as error:
+            show_error(f"MINER: cannot fit {self.path_edit.text().strip()!r}: {error}")
+            return False
         layer = self.selected_layer()
-        if layer is None:
-            show_error("MINER: choose an Image layer to fit")
+        if layer is None and opened is None:
+            show_error("MINER: choose an Image layer (or a zarr path) to fit")
             return False
         try:
             config = self.config()
@@ -359,11 +428,23 @@ class MinerWidget(QWidget):
         if device == "cuda" and not _cuda_available():
             show_error("MINER: device 'cuda' requested but CUDA is not available on this machine")
             return False
-        data = layer.data[0] if layer.multiscale else layer.data
-        source = SourceInfo.from_layer(layer)
-        if source.volume and config.iou_threshold is not None:
-            iso_range = binary_range(layer) or source.contrast_limits
-            source = dataclasses.replace(source, iso_range=iso_range)
+        out_of_core: dict[str, Any] = {}
+        if opened is not None:
+            data = opened.array
+            rgb = opened.channel_axis is None and not _is_volume_shape(data.shape, None)
+            rgb = rgb and data.ndim == 3
+            source = SourceInfo.from_source(opened.name, tuple(data.shape), rgb)
+            out_of_core = dict(
+                store=self.store_path(),
+                memory_budget=self.budget_edit.text().strip() or None,
+                channel_axis=opened.channel_axis,
+            )
+        else:
+            data = layer.data[0] if layer.multiscale else layer.data
+            source = SourceInfo.from_layer(layer)
+            if source.volume and config.iou_threshold is not None:
+                iso_range = binary_range(layer) or source.contrast_limits
+                source = dataclasses.replace(source, iso_range=iso_range)
 
         if self.live is not None and self.live.source.name == source.name:
             self.live.remove()  # a new fit of the same layer replaces the previous one's layers
@@ -389,6 +470,7 @@ class MinerWidget(QWidget):
             refresh_interval_s=self.refresh_interval_s,
             torch_threads=_worker_threads(torch.get_num_threads()),
             _start_thread=False,
+            **out_of_core,
         )
         self.worker.yielded.connect(self._on_message)
         self.worker.errored.connect(self._on_worker_error)
@@ -436,8 +518,12 @@ class MinerWidget(QWidget):
         self.pause_button.setEnabled(running)
         self.pause_button.setText("Pause")
         self.mesh_button.setEnabled(self.can_add_mesh())
+        self.input_combo.setEnabled(not running and not self.path_edit.text().strip())
         for widget in (
-            self.input_combo,
+            self.path_edit,
+            self.browse_button,
+            self.store_edit,
+            self.budget_edit,
             self.levels_spin,
             self.block_spin,
             self.width_spin,
@@ -504,8 +590,11 @@ class MinerWidget(QWidget):
         self.plot.extend(status.history)
         if status.labels is not None:
             self.live.show_overlay(status.labels)
+        where = f"step {status.step}"
+        if status.tiles is not None:
+            where = f"tile {status.tiles[0]}/{status.tiles[1]} · {where}"
         text = (
-            f"level {status.level} of {status.n_levels} · step {status.step} · "
+            f"level {status.level} of {status.n_levels} · {where} · "
             f"active {status.n_active}/{status.n_blocks} · PSNR {_db(status.psnr)}"
             f"{_iou(status.iou)} · {status.elapsed_s:.1f} s"
         )
@@ -515,7 +604,9 @@ class MinerWidget(QWidget):
         pbar = self._pbar
         if pbar is not None:
             value = status.finished_levels * status.max_steps
-            if not status.level_done:
+            if not status.level_done and status.tiles is not None:  # out of core: by tiles
+                value += status.max_steps * status.tiles[0] // max(status.tiles[1], 1)
+            elif not status.level_done:
                 value += min(status.step, status.max_steps)
             if value > self._pbar_value:
                 delta, self._pbar_value = value - self._pbar_value, value
@@ -770,6 +861,24 @@ def _worker_threads(main_threads: int) -> int:
     training, the GUI's rendering competes with OpenMP's spinning threads and both slow down.)
     """
     return max(1, min(main_threads, (os.cpu_count() or 2) - 1))
+
+
+def default_store_path(input_path: str) -> str:
+    """``<input name>.miner.zarr`` next to the input (its ``.zarr``/``.ome.zarr`` suffix dropped)."""
+    path = os.path.abspath(os.path.expanduser(input_path.rstrip("/\\")))
+    name = os.path.basename(path)
+    for suffix in (".ome.zarr", ".zarr"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return os.path.join(os.path.dirname(path), f"{name or 'fit'}.miner.zarr")
+
+
+def _is_volume_shape(shape: tuple[int, ...], channel_axis: int | None) -> bool:
+    """Whether an input of ``shape`` is a volume (3 spatial axes) rather than a 2D/RGB image."""
+    if channel_axis is not None:
+        return len(shape) == 4
+    return len(shape) == 3 and shape[-1] not in (3, 4)
 
 
 def _is_volume_layer(layer: Any) -> bool:

@@ -446,3 +446,52 @@ def test_canvas_shows_the_reconstruction(make_napari_viewer, qtbot):
     viewer.layers["cam · MINER"].visible = False  # control: nothing left that looks like it
     empty = viewer.screenshot(canvas_only=True, flash=False)[lo[0] : hi[0], lo[1] : hi[1]]
     assert _as_gray(empty).std() < 1.0
+
+
+def test_fit_from_a_zarr_path_out_of_core(make_napari_viewer, qtbot, tmp_path):
+    import dask.array as da
+    import zarr
+
+    from napari_miner._napari.widget import default_store_path
+
+    image = skdata.camera()[::4, ::4].copy()  # 128x128: 16x16 blocks of 8, 4 tiles at level 0
+    source = tmp_path / "cam.zarr"
+    zarr.create_array(str(source), data=image, chunks=(32, 32))
+    viewer = make_napari_viewer(show=True)
+    widget = _widget(viewer, steps=40)
+    widget.path_edit.setText(str(source))
+    assert not widget.input_combo.isEnabled()  # the path replaces the layer selector
+    assert widget.store_edit.placeholderText() == str(tmp_path / "cam.miner.zarr")
+    widget.budget_edit.setText("4MB")
+    _click(qtbot, widget.fit_button)
+    names = [f"cam.zarr · MINER level {j}" for j in range(3)]
+    _wait_idle(qtbot, widget, timeout=60_000)
+    assert "done" in widget.status_label.text(), widget.status_label.text()
+    assert widget.last_status.tiles == (4, 4)  # level 0 came tile by tile
+    model = widget.model
+    assert model.metadata["fit_status"] == "complete"
+    np.testing.assert_array_equal(load(default_store_path(str(source))).decode(), model.decode())
+    # the live level layers are lazy multiscale views of the store
+    for j, name in enumerate(names):
+        layer = viewer.layers[name]
+        assert layer.multiscale and isinstance(layer.data[0], da.Array)
+        np.testing.assert_array_equal(np.asarray(layer.data[0]), model.decode(j))
+    for layer in viewer.layers:
+        layer.visible = layer.name == "cam.zarr · MINER"
+    viewer.reset_view()
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    assert _as_gray(shot).std() > 10  # not a blank canvas
+    assert "cam.zarr · MINER active blocks" in viewer.layers
+
+
+def test_a_bad_zarr_path_is_reported(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    from napari_miner._napari import widget as widget_module
+
+    errors = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", errors.append)
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+    widget.path_edit.setText(str(tmp_path / "missing.zarr"))
+    assert not widget.start()
+    assert errors and "missing.zarr: no such file or directory" in errors[0]
+    assert widget_module.default_store_path("/data/slide.ome.zarr/") == "/data/slide.miner.zarr"
