@@ -86,6 +86,22 @@ def write_image(path: Path, size: int) -> float:
 
 
 # --------------------------------------------------------------------------------- fitting
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process, in MB.
+
+    Read from ``VmHWM`` (per address space, so it starts afresh at ``exec``); ``getrusage``'s
+    ``ru_maxrss`` would include the parent process's memory before it started this one.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def fit_one(args: argparse.Namespace) -> dict:
     """Fit one size (in this process) and return the measurements."""
     import torch
@@ -105,7 +121,7 @@ def fit_one(args: argparse.Namespace) -> dict:
         max_steps=args.steps, check_every=args.check_every, progress_every=10**6
     )
 
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_before = peak_rss_mb()
     started = time.perf_counter()
     source = open_input(str(image_path))
     scan_started = time.perf_counter()
@@ -155,7 +171,7 @@ def fit_one(args: argparse.Namespace) -> dict:
         "store_mb": round(store_size(store) / 1e6, 1),
         "input_mb": round(size * size / 1e6, 1),
         "rss_before_fit_mb": round(rss_before),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_rss_mb": round(peak_rss_mb()),
     }
     if torch.cuda.is_available() and str(args.device).startswith("cuda"):
         result["gpu"] = torch.cuda.get_device_name()

@@ -42,6 +42,28 @@ from .tiled_store import TiledStore, is_tiled_store
 __all__ = ["TiledFit", "TileJob", "work_directory"]
 
 
+def release_memory() -> None:
+    """Hand the memory freed by a tile back to the operating system.
+
+    Tiles allocate and free large, differently sized buffers; glibc keeps freed memory in its
+    arenas, so without this the resident size of a long fit creeps up with the number of tiles
+    (measured: 1.4 GB instead of 1.0 GB for a 16384² image), although the memory in use does not.
+    """
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            import ctypes
+
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM: Any = None
+
+
 def work_directory(store: str | PathLike[str]) -> Path:
     """Scratch directory of a tiled fit into ``store`` (level targets), deleted when it completes."""
     path = Path(os.fspath(store))
@@ -100,7 +122,10 @@ class TileJob:
     def energies(self, level: int, index: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
         """Residual energy and value count of every block of a tile (see ``tile_energy``)."""
         _, target, base = self._inputs(level, index)
-        return tile_energy(target, base, self.store.config.block_size)
+        energies = tile_energy(target, base, self.store.config.block_size)
+        del target, base
+        release_memory()
+        return energies
 
     def run(
         self,
@@ -129,6 +154,7 @@ class TileJob:
         assert result is not None
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        result_psnr = result.psnr
         record = {
             "n_mlps": result.level.n_mlps,
             "sse": result.sse,
@@ -140,7 +166,9 @@ class TileJob:
         }
         mask, weights, biases = dense_tile(result.level)
         store.write_tile(level, index, mask, weights, biases, record)
-        yield {**record, "psnr": result.psnr, "mask": mask, "region": region}
+        del result, target, base
+        release_memory()
+        yield {**record, "psnr": result_psnr, "mask": mask, "region": region}
 
 
 class TiledFit:

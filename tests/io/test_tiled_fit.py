@@ -271,3 +271,18 @@ def test_tiled_volume_fit(tmp_path):
 
     assert iou(decoded, volume) > 0.9
     assert model.levels[0].stats["iou"] > 0.9
+
+
+@pytest.mark.gpu
+def test_tiled_fit_on_cuda_matches_the_cpu(tmp_path):
+    image = data.camera()
+    config = nm.MinerConfig(n_levels=3, block_size=16, max_steps=25, target_psnr=60)
+    options = dict(memory_budget="256MB", tile_blocks=8)
+    cpu = nm.fit(image, config, device="cpu", store=tmp_path / "cpu.miner.zarr", **options)
+    cuda = nm.fit(image, config, device="cuda", store=tmp_path / "cuda.miner.zarr", **options)
+    assert cuda.metadata["device"].startswith("cuda")
+    difference = psnr(image, cuda.decode(), 255) - psnr(image, cpu.decode(), 255)
+    assert abs(difference) < 0.1
+    # decoding on the GPU gives the CPU's values up to float rounding
+    on_gpu, on_cpu = cuda.decode(0, device="cuda").astype(int), cuda.decode(0).astype(int)
+    assert np.abs(on_gpu - on_cpu).max() <= 1 and np.mean(on_gpu == on_cpu) > 0.999
