@@ -11,7 +11,7 @@
 # Writes logs and JSON to $OUT (or ./gpu-out).
 set -uo pipefail
 OUT="${OUT:-gpu-out}"
-CHECKS="${CHECKS:-tests images volumes decode gigapixel}"
+CHECKS="${CHECKS-tests images volumes decode gigapixel}"  # set but empty: none
 VOLUME_SIZE="${VOLUME_SIZE:-512}"
 GIGAPIXEL_SIZES="${GIGAPIXEL_SIZES:-32768}"
 GIGAPIXEL_STEPS="${GIGAPIXEL_STEPS:-50}"

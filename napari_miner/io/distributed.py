@@ -93,32 +93,38 @@ def _keys(prefix: str, spec: FitSpec, level: int, tiles: Sequence[tuple[int, ...
 
 
 def distributed_energies(
-    client: Any, spec: Any, level: int, tiles: Sequence[tuple[int, ...]]
+    client: Any, spec: FitSpec, scattered: Any, level: int, tiles: Sequence[tuple[int, ...]]
 ) -> dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]]:
     """Block energies of ``tiles`` of ``level``, computed on the cluster.
 
-    ``spec`` is a :class:`FitSpec` or a future of one (scattered to the workers).
+    ``scattered`` is the future of ``spec`` on the workers (see :func:`scatter_spec`).
     """
     futures = client.map(
-        energy_task, [spec] * len(tiles), [level] * len(tiles), list(tiles),
-        key=_keys("miner-energy", _spec_of(spec), level, tiles),
+        energy_task, [scattered] * len(tiles), [level] * len(tiles), list(tiles),
+        key=_keys("miner-energy", spec, level, tiles),
     )  # fmt: skip
     results = client.gather(futures)
     return dict(zip(tiles, results, strict=True))
 
 
 def distributed_tiles(
-    client: Any, spec: Any, level: int, tiles: Sequence[tuple[int, ...]], threshold: float
+    client: Any,
+    spec: FitSpec,
+    scattered: Any,
+    level: int,
+    tiles: Sequence[tuple[int, ...]],
+    threshold: float,
 ) -> Iterator[tuple[tuple[int, ...], dict[str, Any]]]:
     """Train ``tiles`` of ``level`` on the cluster; yields ``(index, record)`` as tiles finish.
 
-    Closing the iterator cancels the tiles not yet trained.
+    ``scattered`` is the future of ``spec`` on the workers. Closing the iterator cancels the
+    tiles not yet trained.
     """
     from distributed import as_completed
 
     futures = client.map(
-        tile_task, [spec] * len(tiles), [level] * len(tiles), list(tiles),
-        [threshold] * len(tiles), key=_keys("miner-tile", _spec_of(spec), level, tiles),
+        tile_task, [scattered] * len(tiles), [level] * len(tiles), list(tiles),
+        [threshold] * len(tiles), key=_keys("miner-tile", spec, level, tiles),
     )  # fmt: skip
     index_of = {future.key: index for future, index in zip(futures, tiles, strict=True)}
     try:
@@ -128,15 +134,7 @@ def distributed_tiles(
         client.cancel([f for f in futures if not f.done()])
 
 
-_SPECS: dict[Any, FitSpec] = {}
-
-
 def scatter_spec(client: Any, spec: FitSpec) -> Any:
     """Send ``spec`` to every worker once; returns the future to pass to the tasks."""
     [future] = client.scatter([spec], broadcast=True, hash=False)
-    _SPECS[future.key] = spec
     return future
-
-
-def _spec_of(spec: Any) -> FitSpec:
-    return spec if isinstance(spec, FitSpec) else _SPECS[spec.key]

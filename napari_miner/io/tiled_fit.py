@@ -429,18 +429,20 @@ class _ClusterTiles(_Tiles):
         from .distributed import FitSpec, scatter_spec
 
         self.client = client
-        spec = FitSpec(str(path.resolve()), targets, device, memory_budget)
-        self.spec = scatter_spec(client, spec)
+        self.spec = FitSpec(str(path.resolve()), targets, device, memory_budget)
+        self.scattered = scatter_spec(client, self.spec)
 
     def energies(self, level, tiles):  # noqa: D102
         from .distributed import distributed_energies
 
-        return distributed_energies(self.client, self.spec, level, tiles)
+        return distributed_energies(self.client, self.spec, self.scattered, level, tiles)
 
     def train(self, level, tiles, threshold, clock):  # noqa: D102
         from .distributed import distributed_tiles
 
-        yield from distributed_tiles(self.client, self.spec, level, tiles, threshold)
+        yield from distributed_tiles(
+            self.client, self.spec, self.scattered, level, tiles, threshold
+        )
 
 
 def level_threshold(
