@@ -14,7 +14,7 @@ from .config import MinerConfig
 from .errors import InvalidInputError
 from .layout import InputLayout
 from .mlp_bank import bank_forward_chunked, count_parameters, layer_sizes
-from .pyramid import level_shapes, upsample
+from .pyramid import level_shapes, upsampled_region
 
 
 @runtime_checkable
@@ -296,18 +296,11 @@ class PyramidModel:
         if level == self.n_levels - 1:
             shape = [hi - lo for lo, hi in bounds]
             return torch.zeros((self.layout.n_channels, *shape), device=device)
-        parent_shape = self.levels[level + 1].grid.shape
-        parent_bounds = [
-            (max(lo // 2 - 1, 0), min(-(-hi // 2) + 1, s))
-            for (lo, hi), s in zip(bounds, parent_shape, strict=True)
-        ]
-        parent = self._estimate(level + 1, parent_bounds, device)
-        up = upsample(parent, [2 * (hi - lo) for lo, hi in parent_bounds])
-        crop = tuple(
-            slice(lo - 2 * plo, hi - 2 * plo)
-            for (lo, hi), (plo, _) in zip(bounds, parent_bounds, strict=True)
+        return upsampled_region(
+            lambda parent_bounds: self._estimate(level + 1, parent_bounds, device),
+            self.levels[level + 1].grid.shape,
+            bounds,
         )
-        return up[(slice(None),) + crop]
 
     def _residual(
         self, level: int, bounds: list[tuple[int, int]], device: torch.device

@@ -8,7 +8,7 @@ pyramid has spatial shape ``ceil(shape / 2**j)``: odd sides are padded by edge r
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -74,3 +74,28 @@ def reconstruct(residuals: Sequence[torch.Tensor]) -> torch.Tensor:
     for residual in reversed(residuals[:-1]):
         estimate = upsample(estimate, residual.shape[1:]) + residual
     return estimate
+
+
+def upsampled_region(
+    read_parent: Callable[[list[tuple[int, int]]], torch.Tensor],
+    parent_shape: Sequence[int],
+    bounds: Sequence[tuple[int, int]],
+) -> torch.Tensor:
+    """The ×2 upsampled coarser level over ``bounds`` (half-open pixel ranges of the finer level).
+
+    ``read_parent(parent_bounds)`` returns the coarser level's ``(C, *spatial)`` values over
+    ``parent_bounds``: the region under ``bounds`` plus a one-pixel halo (clipped at the edges),
+    which is what bilinear/trilinear upsampling needs for the result to equal the same crop of the
+    whole level upsampled.
+    """
+    parent_bounds = [
+        (max(lo // 2 - 1, 0), min(-(-hi // 2) + 1, int(s)))
+        for (lo, hi), s in zip(bounds, parent_shape, strict=True)
+    ]
+    parent = read_parent(parent_bounds)
+    up = upsample(parent, [2 * (hi - lo) for lo, hi in parent_bounds])
+    crop = tuple(
+        slice(lo - 2 * plo, hi - 2 * plo)
+        for (lo, hi), (plo, _) in zip(bounds, parent_bounds, strict=True)
+    )
+    return up[(slice(None),) + crop]

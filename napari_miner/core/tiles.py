@@ -180,6 +180,9 @@ class TileResult:
         Occupied-set counts of the estimate and the target (0 unless ``iou_threshold`` is set).
     reached : bool
         Whether the tile reached the fit's target (level 0 only).
+    estimate : numpy.ndarray
+        The level's estimate over the tile (coarser estimate plus the tile's residual), float32
+        ``(C, *tile shape)``: what the next finer level upsamples.
     """
 
     level: LevelParams
@@ -189,6 +192,7 @@ class TileResult:
     intersection: float
     union: float
     reached: bool
+    estimate: np.ndarray
 
     @property
     def psnr(self) -> float:
@@ -257,7 +261,14 @@ def train_tile(
         intersection = float((occupied & estimated).sum())
         union = float((occupied | estimated).sum())
     yield TileResult(
-        params.to("cpu"), sse, int(target.numel()), training.steps, intersection, union, reached
+        params.to("cpu"),
+        sse,
+        int(target.numel()),
+        training.steps,
+        intersection,
+        union,
+        reached,
+        estimate.cpu().numpy(),
     )
 
 

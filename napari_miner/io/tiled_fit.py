@@ -26,6 +26,7 @@ from ..core.errors import ModelFormatError
 from ..core.events import Event, Finished, Progress, ScaleFinished, ScaleStarted, TileFinished
 from ..core.layout import InputLayout
 from ..core.model import PyramidModel
+from ..core.pyramid import upsampled_region
 from ..core.tiles import (
     backward_chunk,
     dense_tile,
@@ -65,9 +66,53 @@ _MALLOC_TRIM: Any = None
 
 
 def work_directory(store: str | PathLike[str]) -> Path:
-    """Scratch directory of a tiled fit into ``store`` (level targets), deleted when it completes."""
+    """Scratch directory of a tiled fit into ``store`` (level targets and estimates).
+
+    Deleted when the fit completes.
+    """
     path = Path(os.fspath(store))
     return path.parent / f".{path.name}.work"
+
+
+def open_estimate(store: str | PathLike[str], level: int) -> Any:
+    """The stored estimate of ``level`` (see :func:`prepare_estimates`), for reading and writing."""
+    import zarr
+
+    return zarr.open_array(str(work_directory(store) / "estimates" / str(level)), mode="r+")
+
+
+def prepare_estimates(store: TiledStore) -> None:
+    """Create the level estimates of a fit in its work directory (levels 1 and up).
+
+    Every finished tile writes its level's estimate (the coarser estimate plus its residual) over
+    its region; the tiles of the next finer level read from it the region under them. The arrays
+    are chunked by tile, so tiles never write the same chunk. Estimates that are missing while
+    tiles of their level are finished (the work directory was removed between two runs) are
+    decoded again from the store.
+    """
+    import zarr
+
+    root = work_directory(store.path) / "estimates"
+    model = None
+    for level in range(1, store.n_levels):
+        path = root / str(level)
+        if (path / ".zarray").exists():
+            continue
+        grid = store.grids[level]
+        side = [t * grid.block_size for t in store.tile_blocks[level]]
+        zarr.create_array(
+            str(path), shape=(store.layout.n_channels, *grid.shape), dtype="<f4",
+            chunks=(store.layout.n_channels, *side), fill_value=0.0, zarr_format=2,
+            overwrite=True,
+        )  # fmt: skip
+        done = store.done_tiles(level)
+        if done:
+            model = model or store.model(PyramidModel)
+            estimate = zarr.open_array(str(path), mode="r+")
+            for index in sorted(done):
+                region = tile_pixel_region(grid, store.tile_blocks[level], index)
+                values = model.decode_normalized(level, region).numpy()
+                estimate[(slice(None), *region)] = values
 
 
 class TileJob:
@@ -96,28 +141,36 @@ class TileJob:
         memory_budget: int,
     ) -> None:
         self.store = TiledStore.open(store_path, mode="r+")
+        self.store_path = Path(os.fspath(store_path))
         self.device = device
         self.memory_budget = memory_budget
         self.targets = targets
-        self._coarse: tuple[int, PyramidModel] | None = None
-
-    def coarse_model(self, level: int) -> PyramidModel:
-        """The store's model as seen by the tiles of ``level`` (its coarser levels are finished)."""
-        if self._coarse is None or self._coarse[0] != level:
-            self._coarse = (level, self.store.model(PyramidModel, self.memory_budget // 4))
-        return self._coarse[1]
 
     def _inputs(
         self, level: int, index: tuple[int, ...]
     ) -> tuple[tuple[slice, ...], torch.Tensor, torch.Tensor]:
-        """A tile's region, target and coarser estimate (read from the targets and the store)."""
+        """A tile's region, its target and the upsampled coarser estimate over it.
+
+        The coarser estimate is read from the level estimates that finished tiles leave in the
+        work directory: only the region under the tile plus a one-pixel halo, whatever the size
+        of the image and however many levels lie below.
+        """
         from . import targets
 
         store = self.store
         region = tile_pixel_region(store.grids[level], store.tile_blocks[level], index)
         target = torch.from_numpy(targets.read_region(self.targets[level], region))
-        base = self.coarse_model(level).coarse_estimate(level, region, self.device)
-        return region, target.to(self.device), base
+        target = target.to(self.device)
+        if level == store.n_levels - 1:
+            return region, target, torch.zeros_like(target)
+        parent = open_estimate(self.store_path, level + 1)
+
+        def read(bounds: list[tuple[int, int]]) -> torch.Tensor:
+            values = parent[(slice(None), *(slice(lo, hi) for lo, hi in bounds))]
+            return torch.from_numpy(np.ascontiguousarray(values)).to(self.device)
+
+        bounds = [(r.start, r.stop) for r in region]
+        return region, target, upsampled_region(read, store.grids[level + 1].shape, bounds)
 
     def energies(self, level: int, index: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
         """Residual energy and value count of every block of a tile (see ``tile_energy``)."""
@@ -165,6 +218,9 @@ class TileJob:
             "union": result.union,
         }
         mask, weights, biases = dense_tile(result.level)
+        if level > 0:  # what the finer level reads; before the tile's record, which comes last
+            estimate = open_estimate(self.store_path, level)
+            estimate[(slice(None), *region)] = result.estimate
         store.write_tile(level, index, mask, weights, biases, record)
         del result, target, base
         release_memory()
@@ -275,6 +331,7 @@ class TiledFit:
             else:
                 path.unlink()
             shutil.rmtree(work_directory(path), ignore_errors=True)
+        shutil.rmtree(work_directory(path) / "estimates", ignore_errors=True)  # of another fit
         return TiledStore.create(
             path, self.layout, self.config, self.tile_blocks, self._input_info(), self.provenance
         )
@@ -314,6 +371,7 @@ class TiledFit:
                 work_directory(self.path),
                 fingerprint=self.digest,
             )
+            prepare_estimates(store)
             self._watch.pause()
             if self.client is None:
                 tiles: _Tiles = _LocalTiles(

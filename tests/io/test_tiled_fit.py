@@ -147,6 +147,20 @@ def test_an_interrupted_fit_resumes_from_its_finished_tiles(image, tiled, tmp_pa
     np.testing.assert_array_equal(resumed.model.decode(), tiled[1].decode())
 
 
+def test_resuming_without_the_work_directory(image, tiled, tmp_path):
+    path = tmp_path / "nowork.miner.zarr"
+    run = nm.fit_iter(image, CONFIG, device="cpu", store=path, memory_budget=BUDGET, tile_blocks=4)
+    for event in run:
+        if isinstance(event, TileFinished) and event.level == 0 and event.done == 2:
+            break
+    run.close()
+    shutil.rmtree(work_directory(path))  # targets and level estimates are rebuilt from the store
+    model = _fit(image, path)
+    expected = tiled[1].decode().astype(int)
+    assert np.abs(model.decode().astype(int) - expected).max() <= 1
+    assert abs(psnr(image, model.decode(), 255) - psnr(image, tiled[1].decode(), 255)) < 0.01
+
+
 def test_a_tile_whose_writer_died_is_trained_again(image, tiled, tmp_path, monkeypatch):
     path = tmp_path / "crash.miner.zarr"
     original = TiledStore.write_tile
