@@ -269,22 +269,6 @@ class PyramidModel:
             bounds.append((start, stop))
         return bounds
 
-    def coarse_estimate(
-        self,
-        level: int,
-        region: Sequence[slice] | None = None,
-        device: torch.device | str = "cpu",
-    ) -> torch.Tensor:
-        """What the levels coarser than ``level`` predict there: the upsampled coarser estimate.
-
-        This is the base that ``level``'s MLPs add their residual to (zeros at the coarsest level).
-        Returns a normalised ``(C, *spatial)`` tensor over ``region`` (level-``level`` pixels).
-        """
-        level = self._check_level(level)
-        bounds = self._region_bounds(level, region)
-        with torch.no_grad():
-            return self._coarse(level, bounds, torch.device(device))
-
     def _estimate(
         self, level: int, bounds: list[tuple[int, int]], device: torch.device
     ) -> torch.Tensor:

@@ -178,8 +178,6 @@ class TileResult:
         Optimisation steps taken.
     intersection, union : float
         Occupied-set counts of the estimate and the target (0 unless ``iou_threshold`` is set).
-    reached : bool
-        Whether the tile reached the fit's target (level 0 only).
     estimate : numpy.ndarray
         The level's estimate over the tile (coarser estimate plus the tile's residual), float32
         ``(C, *tile shape)``: what the next finer level upsamples.
@@ -191,7 +189,6 @@ class TileResult:
     steps: int
     intersection: float
     union: float
-    reached: bool
     estimate: np.ndarray
 
     @property
@@ -237,13 +234,10 @@ def train_tile(
     training = LevelTraining(
         level, target, base, config, generator, coords, chunk, clock, prune_threshold
     )
-    reached = False
     for event in training.run():
-        if event is True:
-            reached = True
-        elif isinstance(event, Progress):
+        if isinstance(event, Progress):
             yield event
-        elif not isinstance(event, ScaleStarted):
+        elif not isinstance(event, ScaleStarted | bool):
             raise AssertionError(f"unexpected event {event!r}")
     params = training.level
     residual = torch.zeros_like(target)
@@ -267,7 +261,6 @@ def train_tile(
         training.steps,
         intersection,
         union,
-        reached,
         estimate.cpu().numpy(),
     )
 

@@ -87,8 +87,7 @@ class TiledStore:
         self.attributes = attributes
         self.config = MinerConfig.from_dict(attributes["config"])
         self.layout = InputLayout.from_dict(attributes["layout"])
-        shapes = level_shapes(self.layout.spatial_shape, self.config.n_levels)
-        self.grids = [BlockGrid(shape, self.config.block_size) for shape in shapes]
+        self.grids = level_shapes_grids(self.layout, self.config)
         self.tile_blocks = [
             tuple(int(t) for t in info["tile_blocks"]) for info in attributes["levels"]
         ]
@@ -398,13 +397,13 @@ class StoredLevel:
         self._cached = 0
         self._lock = threading.Lock()
         self.refresh()
-        sizes = layer_sizes(
+        self._sizes = layer_sizes(
             self.grid.ndim,
             store.config.width_at(level),
             store.config.hidden_layers,
             store.layout.n_channels,
         )
-        self._per_mlp = sum(o * i + o for o, i in sizes)
+        self._per_mlp = sum(o * i + o for o, i in self._sizes)
 
     def refresh(self) -> None:
         """Re-read which tiles are finished (for a store that is still being fitted)."""
@@ -461,13 +460,7 @@ class StoredLevel:
             order.append(members)
             for k, array in enumerate((*weights, *biases)):
                 rows[k].append(array[where])
-        sizes = layer_sizes(
-            self.grid.ndim,
-            self.store.config.width_at(self.level),
-            self.store.config.hidden_layers,
-            self.store.layout.n_channels,
-        )
-        shapes = [(o, i) for o, i in sizes] + [(o, 1) for o, _ in sizes]
+        shapes = [(o, i) for o, i in self._sizes] + [(o, 1) for o, _ in self._sizes]
         if order:
             sort = np.argsort(np.concatenate(order), kind="stable")
             tensors = [torch.from_numpy(np.concatenate(r)[sort]) for r in rows]
