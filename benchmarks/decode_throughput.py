@@ -60,6 +60,10 @@ def tiled(model: nm.MinerModel, factor: int) -> nm.MinerModel:
             raise SystemExit("tiling needs every level to be a whole number of blocks")
         g = grid.grid_shape
         big = BlockGrid(tuple(s * factor for s in grid.shape), grid.block_size)
+        if not isinstance(level, LevelParams):  # a stored level: its MLPs, in memory
+            every = torch.arange(grid.n_blocks)
+            present, weights, biases = level.gather(every)
+            level = LevelParams(grid, every[present], weights, biases)
         coords = np.unravel_index(level.block_ids.numpy(), g)
         ids, rows = [], []
         for ty in range(factor):

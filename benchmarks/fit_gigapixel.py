@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import folder_size
 
 GENERATE_CHUNK = 4096
 STORE_CHUNK = 1024
@@ -108,8 +109,9 @@ def fit_one(args: argparse.Namespace) -> dict:
 
     import napari_miner as nm
     from napari_miner.core.events import ScaleFinished, ScaleStarted, TileFinished
-    from napari_miner.io.source import open_input, scan_input
-    from napari_miner.io.tiled_store import TiledStore, store_size
+    from napari_miner.io.scan import scan_input
+    from napari_miner.io.source import open_input
+    from napari_miner.io.store import ModelStore
 
     torch.set_num_threads(args.threads)
     size = args.size
@@ -151,7 +153,7 @@ def fit_one(args: argparse.Namespace) -> dict:
             }
     total_s = time.perf_counter() - started
     model = run.model
-    tile_blocks = list(TiledStore.open(store).tile_blocks[0])
+    tile_blocks = list(ModelStore.open(store).header.fit["work_tiles"][0])
     result = {
         "size": size,
         "pixels": size * size,
@@ -168,7 +170,7 @@ def fit_one(args: argparse.Namespace) -> dict:
         "total_s": round(total_s, 1),
         "psnr": levels.get(0, {}).get("psnr"),
         "parameters": model.n_parameters,
-        "store_mb": round(store_size(store) / 1e6, 1),
+        "store_mb": round(folder_size(store) / 1e6, 1),
         "input_mb": round(size * size / 1e6, 1),
         "rss_before_fit_mb": round(rss_before),
         "peak_rss_mb": round(peak_rss_mb()),

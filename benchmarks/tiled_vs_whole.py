@@ -22,7 +22,7 @@ from fit_gigapixel import generate_chunk
 
 import napari_miner as nm
 from napari_miner.core.metrics import psnr
-from napari_miner.io.tiled_store import TiledStore
+from napari_miner.io.store import ModelStore
 
 
 def run(image: np.ndarray, config: nm.MinerConfig, args: argparse.Namespace) -> dict:
@@ -36,7 +36,7 @@ def run(image: np.ndarray, config: nm.MinerConfig, args: argparse.Namespace) -> 
             image, config, device=args.device, store=store, memory_budget=args.memory_budget
         )
         tiled_s = time.perf_counter() - started
-        tiles = [list(t) for t in TiledStore.open(store).tile_blocks]
+        tiles = [list(t) for t in ModelStore.open(store).header.fit["work_tiles"]]
         whole_db, tiled_db = psnr(image, whole.decode(), 255), psnr(image, tiled.decode(), 255)
         result = {
             "whole": {

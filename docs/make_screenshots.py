@@ -85,10 +85,10 @@ def occupancy_volume(n: int = 64, seed: int = 3) -> np.ndarray:
 def volume_screenshot(viewer, widget, args: argparse.Namespace) -> int:
     """Fit an occupancy volume in 3D, add its mesh and save ``widget-3d.png``; the exit status."""
     viewer.add_image(occupancy_volume(), name="shapes")
-    widget.input_combo.setCurrentText("shapes")  # the form switches to the volume defaults
-    widget.levels_spin.setValue(3)
+    widget.inputs.input_combo.setCurrentText("shapes")  # the form switches to the volume defaults
+    widget.settings.set_values(n_levels=3)
     if args.max_steps is not None:
-        widget.steps_spin.setValue(args.max_steps)
+        widget.settings.set_values(max_steps=args.max_steps)
     t0 = time.monotonic()
     if not widget.start():
         return 1
@@ -97,7 +97,8 @@ def volume_screenshot(viewer, widget, args: argparse.Namespace) -> int:
         widget.stop()
         _process_until(lambda: not widget.running, 60)
     print(f"{time.monotonic() - t0:5.1f} s  fitted: {widget.status_label.text()}", flush=True)
-    if not widget.add_mesh() or not _process_until(lambda: not widget.mesh_busy, 120):
+    results = widget.results
+    if not results.add_mesh() or not _process_until(lambda: not results.mesh_busy, 120):
         print("error: no mesh", flush=True)
         return 1
     _activity_dock(viewer, False)
@@ -130,17 +131,17 @@ def zarr_screenshot(viewer, widget, args: argparse.Namespace) -> int:
     zarr.create_array(
         str(work / "slide.zarr"), data=generate_chunk(0, 0, (size, size), size), chunks=(512, 512)
     )
-    widget.path_edit.setText(str(work / "slide.zarr"))
-    widget.budget_edit.setText("64MB")  # small tiles, so that the picture shows several
-    widget.steps_spin.setValue(args.max_steps or 30)
+    widget.inputs.path_edit.setText(str(work / "slide.zarr"))
+    widget.inputs.budget_edit.setText("64MB")  # small tiles, so that the picture shows several
+    widget.settings.set_values(max_steps=args.max_steps or 30)
     t0 = time.monotonic()
     if not widget.start():
         return 1
 
     def tiles_done() -> bool:
-        s = widget.last_status
+        p = widget.progress
         return not widget.running or (
-            s is not None and s.level == 0 and s.tiles is not None and s.tiles[0] >= s.tiles[1] // 3
+            p is not None and p.level == 0 and p.n_tiles > 1 and p.tiles_done >= p.n_tiles // 3
         )
 
     _process_until(tiles_done, args.timeout)
@@ -195,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     widget = MinerWidget(viewer)
     viewer.window.add_dock_widget(widget, name="MINER fit", area="right")
     if args.max_steps is not None:
-        widget.steps_spin.setValue(args.max_steps)
-    widget.device_combo.setCurrentText(args.device)
+        widget.settings.set_values(max_steps=args.max_steps)
+    widget.inputs.device_combo.setCurrentText(args.device)
     window = widget.window()
     window.resize(1500, 950)
     for _ in range(5):
@@ -214,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     def mid_fit() -> bool:
-        s = widget.last_status
-        return not widget.running or (s is not None and s.level == 0 and s.step >= 30)
+        p = widget.progress
+        return not widget.running or (p is not None and p.level == 0 and p.step >= 30)
 
     _process_until(mid_fit, args.timeout)
     if not widget.running:

@@ -1,6 +1,15 @@
 """napari-miner: MINER multiscale implicit neural representations for images and volumes in napari."""
 
-from .api import FitRun, MinerConfig, MinerModel, fit, fit_iter, load, resolve_device
+from .api import (
+    FitRun,
+    MinerConfig,
+    MinerModel,
+    fit,
+    fit_iter,
+    load,
+    parse_memory_budget,
+    resolve_device,
+)
 from .core.errors import (
     ConfigError,
     DeviceError,
@@ -8,6 +17,8 @@ from .core.errors import (
     MinerError,
     ModelFormatError,
     OutOfMemoryError,
+    OutputExistsError,
+    StoreLockedError,
     TrainingError,
 )
 from .core.events import Finished, Progress, ScaleFinished, ScaleStarted
@@ -25,12 +36,15 @@ __all__ = [
     "MinerModel",
     "ModelFormatError",
     "OutOfMemoryError",
+    "OutputExistsError",
     "Progress",
     "ScaleFinished",
     "ScaleStarted",
+    "StoreLockedError",
     "TrainingError",
     "fit",
     "fit_iter",
     "load",
+    "parse_memory_budget",
     "resolve_device",
 ]

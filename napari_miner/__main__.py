@@ -115,51 +115,37 @@ def open_widget(args: argparse.Namespace) -> int:
     widget = MinerWidget(viewer)
     viewer.window.add_dock_widget(widget, name="MINER fit", area="right")
     if args.max_steps is not None:
-        widget.steps_spin.setValue(args.max_steps)
-    widget.device_combo.setCurrentText("cuda" if args.device.startswith("cuda") else args.device)
+        widget.settings.set_values(max_steps=args.max_steps)
+    device = "cuda" if args.device.startswith("cuda") else args.device
+    widget.inputs.device_combo.setCurrentText(device)
     if args.fit:
         widget.start()
     napari.run()
     return 0
 
 
-def fit_with_progress(image: np.ndarray, config: Any, device: str, interval_s: float = 1.0):
-    """Fit ``image`` with :func:`napari_miner.fit_iter`, printing progress; return the model."""
-    from napari_miner import Finished, Progress, ScaleFinished, ScaleStarted, fit_iter
+def fit_with_progress(image: np.ndarray, config: Any, device: str, interval_s: float = 1.0) -> Any:
+    """Fit ``image`` with :func:`napari_miner.fit_iter`, printing its progress; return the model.
 
-    model = None
-    last_print = -float("inf")
-    for event in fit_iter(image, config, device=device):
-        if isinstance(event, ScaleStarted):
-            print(
-                f"level {event.level}: {event.n_active}/{event.n_blocks} blocks active",
-                flush=True,
-            )
-        elif isinstance(event, Progress):
-            now = time.monotonic()
-            if now - last_print >= interval_s:
-                last_print = now
-                print(
-                    f"  level {event.level} step {event.step:5d}  loss {event.loss:.3e}  "
-                    f"PSNR {event.psnr:6.2f} dB  active {event.n_active:5d}  "
-                    f"{event.elapsed_s:7.1f} s",
-                    flush=True,
-                )
-        elif isinstance(event, ScaleFinished):
-            print(
-                f"level {event.level} done: PSNR {event.psnr:.2f} dB after {event.steps} steps, "
-                f"{event.elapsed_s:.1f} s",
-                flush=True,
-            )
-        elif isinstance(event, Finished):
-            print(
-                f"finished ({event.reason}): PSNR {event.psnr:.2f} dB in {event.elapsed_s:.1f} s",
-                flush=True,
-            )
-            model = event.model
-    if model is None:  # pragma: no cover - fit_iter always ends with Finished
-        raise RuntimeError("fitting ended without a model")
-    return model
+    Prints the run's progress line (:meth:`~napari_miner.fitting.progress.FitProgress.describe`) at
+    most once per ``interval_s``, and whenever a level finishes and when the fit ends.
+    """
+    from napari_miner import fit_iter
+
+    run = fit_iter(image, config, device=device)
+    progress = run.progress
+    last_print, levels_done = -float("inf"), 0
+    for _ in run:
+        now = time.monotonic()
+        if progress.finished:
+            print(progress.describe(), flush=True)
+        elif progress.finished_levels > levels_done:
+            levels_done = progress.finished_levels
+            print(f"level {progress.level} done · {progress.describe()}", flush=True)
+        elif now - last_print >= interval_s:
+            last_print = now
+            print(f"  {progress.describe()}", flush=True)
+    return run.model
 
 
 def _settle(viewer: Any) -> None:

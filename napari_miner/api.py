@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterator
 from os import PathLike
@@ -13,14 +14,14 @@ import torch
 from .core.config import MinerConfig
 from .core.errors import ConfigError, DeviceError, MinerError, OutOfMemoryError, TrainingError
 from .core.events import Event, Finished
-from .core.layout import inspect_input
+from .core.layout import InputLayout, inspect_input
 from .core.model import PyramidModel
-from .core.trainer import MinerTrainer
+from .fitting.progress import FitProgress
 
 if TYPE_CHECKING:
     import dask.array
 
-    from .io.tiled_fit import TiledFit
+    from .fitting.engine import FitEngine
 
 __all__ = [
     "FitRun",
@@ -41,8 +42,23 @@ class MinerModel(PyramidModel):
     :func:`fit_iter` or :func:`load`.
     """
 
+    @classmethod
+    def of(cls, model: PyramidModel) -> MinerModel:
+        """The same model (its levels shared, not copied) with the methods of this class."""
+        if isinstance(model, cls):
+            return model
+        return cls(model.layout, model.config, model.levels, model.metadata)
+
     def save(self, path: str | PathLike[str]) -> None:
-        """Write the model to a ``*.miner.zarr`` store, atomically (see :func:`load`)."""
+        """Write the model to a ``*.miner.zarr`` store, atomically (see :func:`load`).
+
+        Raises
+        ------
+        ModelFormatError
+            If ``path`` holds something that is not a model store (it is never overwritten).
+        StoreLockedError
+            If another process is writing ``path``.
+        """
         from .io.store import save_model
 
         save_model(self, path)
@@ -70,7 +86,7 @@ def load(path: str | PathLike[str]) -> MinerModel:
     """
     from .io.store import load_model
 
-    return load_model(path, MinerModel)
+    return MinerModel.of(load_model(path))
 
 
 def _provenance(
@@ -111,6 +127,8 @@ def parse_memory_budget(budget: int | str | None) -> int:
 
     if budget is None:
         return DEFAULT_MEMORY_BUDGET
+    if isinstance(budget, str) and not budget.strip():
+        raise ConfigError("memory_budget is empty: give a size such as '512MB' or '2GiB'")
     try:
         value = parse_bytes(budget) if isinstance(budget, str) else int(budget)
     except (ValueError, TypeError) as error:
@@ -160,27 +178,41 @@ class FitRun:
     """Iterator over the events of a running fit (returned by :func:`fit_iter`).
 
     Iterate it to train; :meth:`close` (or dropping it) cancels. :attr:`model` is always a valid
-    model of what has been trained so far, and the final model once the fit finished.
+    model of what has been trained so far, and the final model once the fit finished;
+    :attr:`progress` is the fit's progress as of the last event.
+
+    Attributes
+    ----------
+    layout : InputLayout
+        Layout of the input.
+    config : MinerConfig
+        Training settings.
+    store : pathlib.Path or None
+        The model store of an out-of-core fit (its model is read from there).
+    progress : FitProgress
+        Updated with every event (see :mod:`napari_miner.fitting.progress`).
     """
 
-    def __init__(self, trainer: MinerTrainer | TiledFit) -> None:
-        self._trainer = trainer
-        self._events = self._guarded(trainer.run())
+    def __init__(self, engine: FitEngine, store: str | PathLike[str] | None = None) -> None:
+        from pathlib import Path
+
+        self._engine = engine
+        self.layout: InputLayout = engine.layout
+        self.config: MinerConfig = engine.config
+        self.store = None if store is None else Path(store)
+        self.progress = FitProgress.for_fit(engine.config, engine.layout)
+        self._events = self._guarded(engine.run())
         self._final: MinerModel | None = None
 
     def __iter__(self) -> FitRun:
         return self
 
-    @property
-    def out_of_core(self) -> bool:
-        """Whether the fit trains tile by tile into a store (its model is read from there)."""
-        return not isinstance(self._trainer, MinerTrainer)
-
     def __next__(self) -> Event:
         event = next(self._events)
         if isinstance(event, Finished):
-            assert isinstance(event.model, MinerModel)
-            self._final = event.model
+            self._final = MinerModel.of(event.model)
+            event = dataclasses.replace(event, model=self._final)
+        self.progress.update(event)
         return event
 
     def close(self) -> None:
@@ -190,9 +222,7 @@ class FitRun:
     @property
     def model(self) -> MinerModel:
         """The fitted model, or a snapshot of the partial fit if it has not finished."""
-        model = self._final if self._final is not None else self._trainer.model()
-        assert isinstance(model, MinerModel)
-        return model
+        return self._final if self._final is not None else MinerModel.of(self._engine.model())
 
     @staticmethod
     def _guarded(events: Iterator[Event]) -> Iterator[Event]:
@@ -229,8 +259,10 @@ def fit_iter(
     ----------
     data : array-like or path
         2D image ``(Y, X)``, RGB(A) image ``(Y, X, 3|4)`` or volume ``(Z, Y, X)`` as a numpy,
-        dask or zarr array (boolean, integer or float), or the path of a zarr array, of a group
-        with ``component``, or of an OME-Zarr image (level 0 is fitted, its axes are respected).
+        dask or zarr array (boolean, integer or float), or a path: a zarr array, a group with
+        ``component``, an OME-Zarr image (level 0 is fitted, its axes are respected), an image
+        file (``.png``, ``.tif``, ...) or a ``.npy`` file (see
+        :func:`napari_miner.io.source.open_input`).
     config : MinerConfig, optional
         Training settings; the defaults suit 2D images.
     device : str or torch.device
@@ -297,8 +329,9 @@ def fit_iter(
     layout = inspect_input(array, rgb=rgb, channel_axis=channel_axis)
     signal = layout.normalize(array)
     provenance = _provenance(config, resolved, input_sha256=_sha256(array))
-    trainer = MinerTrainer(signal, layout, config, resolved, provenance, MinerModel)
-    return FitRun(trainer)
+    from .fitting import in_memory
+
+    return FitRun(in_memory(signal, layout, config, resolved, provenance))
 
 
 def _check_fits_in_memory(data: Any, config: MinerConfig, budget: int) -> None:
@@ -329,8 +362,8 @@ def _fit_out_of_core(
     import dask.array as da
 
     from .core.layout import layout_of
-    from .io.source import scan_input
-    from .io.tiled_fit import TiledFit
+    from .fitting import out_of_core
+    from .io.scan import scan_input
 
     budget = parse_memory_budget(memory_budget)
     array = data if isinstance(data, da.Array) else da.asarray(data)
@@ -338,31 +371,16 @@ def _fit_out_of_core(
     layout_of(array.shape, array.dtype, 0.0, 0.0, rgb=rgb, channel_axis=channel_axis)
     stats = scan_input(array)
     layout = layout_of(
-        array.shape,
-        array.dtype,
-        stats.value_min,
-        stats.value_max,
-        rgb=rgb,
+        array.shape, array.dtype, stats.value_min, stats.value_max, rgb=rgb,
         channel_axis=channel_axis,
-    )
+    )  # fmt: skip
     where = device if client is None else f"dask.distributed workers ({worker_device})"
     provenance = _provenance(config, where, input_digest=stats.digest)
-    fit = TiledFit(
-        array,
-        layout,
-        stats.digest,
-        config,
-        device,
-        store,
-        budget,
-        provenance,
-        MinerModel,
-        overwrite,
-        tile_blocks,
-        client,
-        worker_device,
-    )
-    return FitRun(fit)
+    engine = out_of_core(
+        array, layout, stats.digest, config, device, store, budget, provenance, overwrite,
+        tile_blocks, client, worker_device,
+    )  # fmt: skip
+    return FitRun(engine, engine.sink.store.path)
 
 
 def fit(

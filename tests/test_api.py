@@ -146,7 +146,7 @@ def test_missing_cuda_is_a_clear_error():
 
 
 def test_torch_failures_become_training_errors(monkeypatch):
-    from napari_miner.core import trainer
+    from napari_miner.core import training as trainer
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated kernel failure")

@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import subprocess
 import sys
 
@@ -52,6 +53,8 @@ def test_fit_zarr_input_prints_json_summary(tmp_path, gray, capsys):
     assert summary["input"] == "gray.zarr"
     assert summary["shape"] == [48, 40] and summary["dtype"] == "uint8"
     assert summary["psnr"] > 15 and summary["elapsed_s"] > 0
+    assert summary["reason"] in ("target", "completed") and summary["iou"] is None
+    assert 0 < summary["train_time_s"] <= summary["elapsed_s"] and summary["levels"] == 2
     model = nm.load(output)
     assert summary["parameters"] == model.n_parameters
     assert model.shape == (48, 40) and model.config.max_steps == 20 and model.n_levels == 2
@@ -125,6 +128,14 @@ def test_fit_bad_input(tmp_path, capsys, path, expected):
     assert not (tmp_path / "out.miner.zarr").exists()
 
 
+def test_fit_component_of_a_file_input(tmp_path, gray, capsys):
+    source = tmp_path / "gray.npy"
+    np.save(source, gray)
+    argv = ["fit", str(source), str(tmp_path / "o.miner.zarr"), *FIT, "--component", "a"]
+    assert cli.main(argv) == 1
+    assert "only applies to zarr stores, not to the file" in _error_line(capsys)
+
+
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
@@ -161,23 +172,119 @@ def test_fit_on_two_local_workers_matches_one_process(tmp_path, gray, capsys):
     np.testing.assert_array_equal(nm.load(spread).decode(), nm.load(single).decode())
 
 
-def test_parse_memory():
-    assert cli.parse_memory("512MB") == 512_000_000
-    assert cli.parse_memory("2GiB") == 2 * 1024**3
-    assert cli.parse_memory("1.5 GB") == 1_500_000_000
-    assert cli.parse_memory("4096") == 4096
-    for bad in ("", "lots", "0", "-1MB"):
-        with pytest.raises(Exception, match="memory size"):
-            cli.parse_memory(bad)
+def test_memory_budget_is_read_by_the_api(monkeypatch):
+    from napari_miner import api
+    from napari_miner.cli import parser
+
+    seen = []
+    real = api.parse_memory_budget
+    monkeypatch.setattr(api, "parse_memory_budget", lambda text: seen.append(text) or real(text))
+    assert parser.memory_size(" 512MB ") == 512_000_000 and seen == ["512MB"]
+    assert parser.memory_size("2GiB") == 2 * 1024**3
+    assert parser.memory_size("1.5 GB") == 1_500_000_000
+    assert parser.memory_size("4096") == 4096
 
 
-def test_progress_bars_per_level(gray):
+@pytest.mark.parametrize("bad", ["", " ", "lots", "0", "-1MB"])
+def test_bad_memory_budget_is_a_usage_error(tmp_path, capsys, bad):
+    argv = [
+        "fit",
+        str(tmp_path / "in.npy"),
+        str(tmp_path / "o.miner.zarr"),
+        f"--memory-budget={bad}",
+    ]
+    assert cli.main(argv) == 2
+    line = _error_line(capsys)
+    assert "argument --memory-budget:" in line and "memory size" in line
+
+
+def test_a_store_being_written_is_refused(tmp_path, gray, capsys):
+    from napari_miner.io.atomic import PathLock
+
+    source = tmp_path / "gray.npy"
+    np.save(source, gray)
+    output = tmp_path / "fit.miner.zarr"
+    lock = PathLock(output).acquire("fitted")  # another fit writing OUTPUT
+    try:
+        assert cli.main(["fit", str(source), str(output), *FIT]) == 1
+        line = _error_line(capsys)
+        assert f"{output} is being fitted by another process" in line
+        assert "wait until it has finished" in line
+        assert not output.exists()
+    finally:
+        lock.release()
+    assert cli.main(["fit", str(source), str(output), *FIT]) == 0  # free again
+
+
+def test_progress_bars_and_final_line_on_a_terminal(tmp_path, gray, capsys, monkeypatch):
+    from napari_miner.cli import report
+
+    monkeypatch.setattr(report, "stderr_is_tty", lambda: True)  # capsys still captures stderr
+    source = tmp_path / "gray.npy"
+    np.save(source, gray)
+    output = tmp_path / "fit.miner.zarr"
+    assert cli.main(["fit", str(source), str(output), *FIT, "--target-psnr", "10"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    err = captured.err
+    assert "fitting gray.npy (48x40 uint8)" in err
+    assert "level 1 (" in err and "level 0 (" in err and "/20" in err
+    assert "PSNR=" in err and "active=" in err
+    counts: dict[str, list[int]] = {}
+    for level, done in re.findall(r"(level \d) \(.*?\|\s*(\d+)/20", err.replace("\r", "\n")):
+        counts.setdefault(level, []).append(int(done))
+    assert set(counts) == {"level 0", "level 1"}
+    assert all(c == sorted(c) for c in counts.values())  # a bar never goes back
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"saved {output}: PSNR ") and "(target reached)" in last
+    assert f"{nm.load(output).n_parameters:,} parameters" in last
+
+
+def _bars_text(run) -> str:
+    from napari_miner.cli.report import FitBars
+
     buffer = io.StringIO()
-    progress = cli._FitProgress(True, 20, file=buffer)
-    for event in nm.fit_iter(gray, nm.MinerConfig(n_levels=2, block_size=16, max_steps=20)):
-        progress(event)
-    text = buffer.getvalue()
-    assert "level 1" in text and "level 0" in text and "PSNR=" in text and "/20" in text
+    bars = FitBars(True, file=buffer)
+    for _ in run:
+        bars.update(run.progress)
+    assert run.progress.finished and bars._bar is None
+    return buffer.getvalue()
+
+
+def test_progress_bars_count_steps_of_whole_levels(gray):
+    run = nm.fit_iter(gray, nm.MinerConfig(n_levels=2, block_size=16, max_steps=20), device="cpu")
+    text = _bars_text(run)
+    assert "level 1 (" in text and "level 0 (" in text and "/20" in text and "PSNR=" in text
+    assert "tile" not in text
+
+
+def test_progress_bars_count_tiles_of_tiled_levels(gray, tmp_path):
+    config = nm.MinerConfig(n_levels=2, block_size=16, max_steps=10)
+    store = tmp_path / "tiled.miner.zarr"
+    run = nm.fit_iter(gray, config, device="cpu", store=store, tile_blocks=1)
+    text = _bars_text(run)
+    assert "level 0 (" in text and "9/9" in text and "tile=" in text and "tile/s" in text
+
+
+def test_final_line_says_whether_the_target_was_reached():
+    from napari_miner.cli.report import fit_line
+    from napari_miner.fitting.progress import FitProgress
+
+    progress = FitProgress(2, 20, (3, 3), psnr=31.234, elapsed_s=2.0)
+    progress.finished, progress.reason = True, "completed"
+    line = fit_line("a.miner.zarr", progress, 12345, 3.25)
+    assert line == (
+        "saved a.miner.zarr: PSNR 31.23 dB (completed: target 40 dB not reached), "
+        "12,345 parameters, 3.2 s"
+    )
+    volume = nm.MinerConfig.for_volume()
+    progress.target_iou = volume.target_iou
+    progress.reason, progress.iou = "target", 0.995
+    line = fit_line("v.miner.zarr", progress, 10, 1.0)
+    assert "PSNR 31.23 dB, IoU 0.9950 (target reached)" in line
+    progress.reason = "completed"
+    line = fit_line("v.miner.zarr", progress, 10, 1.0)
+    assert "(completed: target 40 dB or IoU 0.99 not reached)" in line
 
 
 # -------------------------------------------------------------------------------------- info
@@ -251,6 +358,21 @@ def test_decode_bad_level_and_format(saved, tmp_path, capsys):
     assert "levels 0 to 2" in _error_line(capsys)
     assert cli.main(["decode", str(path), str(tmp_path / "r.bin")]) == 2
     assert ".npy" in _error_line(capsys)
+
+
+def test_decode_refuses_what_the_format_cannot_hold_and_existing_outputs(tmp_path, capsys):
+    values = smooth((24, 16), frequency=3.0).astype(np.float32)
+    path = tmp_path / "float.miner.zarr"
+    nm.fit(values, nm.MinerConfig(n_levels=1, block_size=8, max_steps=5), device="cpu").save(path)
+    assert cli.main(["decode", str(path), str(tmp_path / "f.png")]) == 2
+    assert "8- or 16-bit unsigned integers" in _error_line(capsys)
+    assert cli.main(["decode", str(path), str(tmp_path / "f.tif")]) == 0
+    assert cli.main(["decode", str(path), str(tmp_path / "f.tif")]) == 1
+    assert "--overwrite" in _error_line(capsys)
+    assert cli.main(["decode", str(path), str(tmp_path / "f.tif"), "--overwrite"]) == 0
+    assert cli.main(["decode", str(path), str(path), "--overwrite"]) == 2
+    assert "also the input" in _error_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.tif", "float.miner.zarr"]
 
 
 def test_parse_region():

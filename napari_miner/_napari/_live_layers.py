@@ -14,12 +14,15 @@ overlay is translucent, and the fitted mesh is a Surface layer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .levels import level_layer_name, level_transform
+
+if TYPE_CHECKING:
+    from napari_miner.core.layout import InputLayout
 
 __all__ = [
     "LiveLayers",
@@ -79,8 +82,9 @@ def level_colormap(n_levels: int) -> Any:
 
 @dataclass(frozen=True)
 class SourceInfo:
-    """What the live layers copy from the input layer (read once, on the main thread).
+    """What the live layers copy from the input (read once, on the main thread).
 
+    ``volume`` says whether the input has three spatial axes (its layout's ``is_volume``);
     ``iso_range`` is the value range of an occupancy (binary) volume, rendered as an iso surface
     at its midpoint; ``None`` for anything else.
     """
@@ -89,40 +93,44 @@ class SourceInfo:
     scale: tuple[float, ...]
     translate: tuple[float, ...]
     rgb: bool
+    volume: bool = False
     contrast_limits: tuple[float, float] | None = None
     colormap: Any = None
     gamma: float = 1.0
     iso_range: tuple[float, float] | None = None
 
     @classmethod
-    def from_layer(cls, layer: Any) -> SourceInfo:
-        """Read the display settings of a napari Image layer."""
+    def from_layer(cls, layer: Any, layout: InputLayout) -> SourceInfo:
+        """Read the display settings of a napari Image layer whose data has ``layout``."""
         rgb = bool(layer.rgb)
         return cls(
             name=str(layer.name),
             scale=tuple(float(v) for v in layer.scale),
             translate=tuple(float(v) for v in layer.translate),
             rgb=rgb,
+            volume=layout.is_volume,
             contrast_limits=tuple(float(v) for v in layer.contrast_limits),
             colormap=None if rgb else layer.colormap,
             gamma=float(layer.gamma),
         )
 
     @classmethod
-    def from_source(cls, name: str, shape: tuple[int, ...], rgb: bool) -> SourceInfo:
+    def from_source(cls, name: str, layout: InputLayout) -> SourceInfo:
         """Display settings for an input read from a path (no layer): unit scale, gray."""
-        ndim = len(shape) - (1 if rgb else 0)
-        return cls(name=name, scale=(1.0,) * ndim, translate=(0.0,) * ndim, rgb=rgb)
+        ndim = len(layout.spatial_shape)
+        return cls(
+            name=name, scale=(1.0,) * ndim, translate=(0.0,) * ndim, rgb=layout.rgb,
+            volume=layout.is_volume,
+        )  # fmt: skip
+
+    def with_iso_range(self, iso_range: tuple[float, float] | None) -> SourceInfo:
+        """The same, shown as an iso surface at the middle of ``iso_range``."""
+        return replace(self, iso_range=iso_range)
 
     @property
     def ndim(self) -> int:
-        """Spatial dimensions of the input layer."""
+        """Spatial dimensions of the input."""
         return len(self.scale)
-
-    @property
-    def volume(self) -> bool:
-        """Whether the input is a (single-channel) 3D volume."""
-        return self.ndim == 3 and not self.rgb
 
 
 class LiveLayers:
@@ -228,7 +236,7 @@ class LiveLayers:
         )
         return self.overlay
 
-    def show_final(self, pyramid: list | None, model: Any, volume: np.ndarray | None = None) -> Any:
+    def show_final(self, pyramid: list | None, volume: np.ndarray | None = None) -> Any:
         """Show the fitted model as one layer (hides the per-level layers).
 
         A lazy multiscale layer of ``pyramid``, or for a volume its decoded level 0 ``volume`` (in

@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-SUFFIX = ".miner.zarr"
+from napari_miner.io.schema import SUFFIX
 
 LayerData = tuple[Any, dict[str, Any], str]
 

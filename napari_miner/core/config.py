@@ -12,6 +12,99 @@ from .errors import ConfigError
 REFERENCE_WIDTH = 18
 """MLP width for which ``MinerConfig.learning_rate`` is given."""
 
+MAX_BLOCKS = 1 << 27
+"""Most blocks of level 0 (e.g. 370k² pixels in blocks of 32, 8192³ voxels in blocks of 16): the
+active-block overlay of a model holds one byte per level-0 block."""
+
+
+@dataclass(frozen=True)
+class FieldRange:
+    """The values a numeric setting may take.
+
+    Attributes
+    ----------
+    low, high : float
+        Bounds (``math.inf`` for none).
+    open_low, open_high : bool
+        Whether the bound itself is excluded.
+    integer : bool
+        Whether the setting is an integer.
+    optional : bool
+        Whether ``None`` is allowed too.
+    """
+
+    low: float
+    high: float
+    open_low: bool = False
+    open_high: bool = False
+    integer: bool = False
+    optional: bool = False
+
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` is allowed."""
+        if value is None:
+            return self.optional
+        if self.integer and not _is_int(value):
+            return False
+        if not _is_number(value):
+            return False
+        above = value > self.low if self.open_low else value >= self.low
+        below = value < self.high if self.open_high else value <= self.high
+        return above and below
+
+    def describe(self) -> str:
+        """``"an integer in [1, 16]"``, ``"a number in (0, 1]"``, ``"None or ..."``."""
+
+        def bound(value: float) -> str:
+            if math.isinf(value):
+                return "inf"
+            return f"{int(value)}" if self.integer else f"{value:g}"
+
+        closing = ")" if self.open_high or math.isinf(self.high) else "]"
+        interval = f"{'(' if self.open_low else '['}{bound(self.low)}, {bound(self.high)}{closing}"
+        text = f"{'an integer' if self.integer else 'a number'} in {interval}"
+        return f"None or {text}" if self.optional else text
+
+
+def _ints(low: int, high: int) -> FieldRange:
+    return FieldRange(low, high, integer=True)
+
+
+FIELD_RANGES: dict[str, FieldRange] = {
+    "n_levels": _ints(1, 16),
+    "block_size": _ints(2, 1024),
+    "hidden_width": _ints(1, 4096),
+    "hidden_layers": _ints(0, 64),
+    "coarsest_width_factor": _ints(1, 64),
+    "omega_0": FieldRange(0.0, math.inf, open_low=True),
+    "learning_rate": FieldRange(0.0, 1.0, open_low=True),
+    "lr_decay": FieldRange(0.0, 1.0, open_low=True),
+    "max_steps": _ints(1, 10**9),
+    "target_psnr": FieldRange(0.0, math.inf, open_low=True),
+    "block_target_mse": FieldRange(0.0, math.inf, optional=True),
+    "prune_mse": FieldRange(0.0, math.inf, optional=True),
+    "prune_budget": FieldRange(0.0, 1.0),
+    "pixel_fraction": FieldRange(0.0, 1.0, open_low=True),
+    "check_every": _ints(1, 10**9),
+    "plateau_rel_tol": FieldRange(0.0, math.inf),
+    "final_plateau_rel_tol": FieldRange(0.0, math.inf),
+    "iou_threshold": FieldRange(0.0, 1.0, open_low=True, open_high=True, optional=True),
+    "target_iou": FieldRange(0.0, 1.0, open_low=True, optional=True),
+    "progress_every": _ints(1, 10**9),
+    "seed": _ints(0, 2**63 - 1),
+}
+"""The allowed values of every setting of :class:`MinerConfig` (the upper bounds keep a stored
+config from asking for absurd allocations)."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """A finite int or float (not a bool, not NaN)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
 
 @dataclass(frozen=True)
 class MinerConfig:
@@ -96,49 +189,12 @@ class MinerConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        positive_ints = ("n_levels", "block_size", "hidden_width", "coarsest_width_factor")
-        positive_ints += ("max_steps", "check_every", "progress_every")
-        for name in positive_ints:
+        for name, allowed in FIELD_RANGES.items():
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"MinerConfig.{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.hidden_layers, int) or self.hidden_layers < 0:
-            raise ConfigError(f"MinerConfig.hidden_layers must be >= 0, got {self.hidden_layers!r}")
-        if self.block_size < 2:
-            raise ConfigError(f"MinerConfig.block_size must be at least 2, got {self.block_size}")
-        for name in ("omega_0", "learning_rate", "target_psnr"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise ConfigError(f"MinerConfig.{name} must be a positive number, got {value!r}")
-        if not 0 < self.lr_decay <= 1:
-            raise ConfigError(f"MinerConfig.lr_decay must be in (0, 1], got {self.lr_decay!r}")
-        if not 0 < self.pixel_fraction <= 1:
-            raise ConfigError(
-                f"MinerConfig.pixel_fraction must be in (0, 1], got {self.pixel_fraction!r}"
-            )
-        if not 0 <= self.prune_budget <= 1:
-            raise ConfigError(
-                f"MinerConfig.prune_budget must be in [0, 1], got {self.prune_budget!r}"
-            )
-        if self.plateau_rel_tol < 0:
-            raise ConfigError(
-                f"MinerConfig.plateau_rel_tol must be >= 0, got {self.plateau_rel_tol!r}"
-            )
-        if self.iou_threshold is not None and not 0 < self.iou_threshold < 1:
-            raise ConfigError(
-                f"MinerConfig.iou_threshold must be in (0, 1), got {self.iou_threshold!r}"
-            )
-        if self.target_iou is not None:
-            if self.iou_threshold is None:
-                raise ConfigError("MinerConfig.target_iou needs iou_threshold (e.g. 0.5)")
-            if not 0 < self.target_iou <= 1:
-                raise ConfigError(
-                    f"MinerConfig.target_iou must be in (0, 1], got {self.target_iou!r}"
-                )
-        for name in ("block_target_mse", "prune_mse"):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value >= 0):
-                raise ConfigError(f"MinerConfig.{name} must be None or >= 0, got {value!r}")
+            if not allowed.contains(value):
+                raise ConfigError(f"MinerConfig.{name} must be {allowed.describe()}, got {value!r}")
+        if self.target_iou is not None and self.iou_threshold is None:
+            raise ConfigError("MinerConfig.target_iou needs iou_threshold (e.g. 0.5)")
 
     @classmethod
     def for_volume(cls, occupancy: bool = True, **overrides: Any) -> MinerConfig:
@@ -176,6 +232,13 @@ class MinerConfig:
             raise ConfigError(
                 f"block_size={self.block_size} is larger than the input ({'x'.join(map(str, spatial_shape))}): "
                 "use a smaller block_size"
+            )
+        blocks = math.prod(math.ceil(s / self.block_size) for s in spatial_shape)
+        if blocks > MAX_BLOCKS:
+            raise ConfigError(
+                f"an input of {'x'.join(map(str, spatial_shape))} has {blocks} blocks of "
+                f"{self.block_size} at level 0, more than napari-miner handles ({MAX_BLOCKS}): use "
+                "a larger block_size"
             )
         coarsest = math.ceil(smallest / 2 ** (self.n_levels - 1))
         if smallest < 2 ** (self.n_levels - 1) * 2:

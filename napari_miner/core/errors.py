@@ -33,3 +33,11 @@ class OutOfMemoryError(TrainingError):
 
 class ModelFormatError(MinerError, ValueError):
     """A stored model is unreadable, incomplete or of an unsupported format version."""
+
+
+class OutputExistsError(MinerError, FileExistsError):
+    """An output path exists and overwriting it was not asked for."""
+
+
+class StoreLockedError(MinerError, RuntimeError):
+    """A model store is being written by another process (a fit or a save in progress)."""

@@ -7,6 +7,7 @@ is 0 and its maximum is 1; every error threshold and PSNR is relative to that va
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,9 @@ from .errors import InvalidInputError
 @dataclass(frozen=True)
 class InputLayout:
     """How the input array maps onto the internal ``(C, *spatial)`` representation.
+
+    The constructor checks every invariant (and raises :class:`InvalidInputError`), so a layout
+    read from a store is as trustworthy as one worked out from an array.
 
     Attributes
     ----------
@@ -41,6 +45,11 @@ class InputLayout:
     value_min: float
     value_max: float
 
+    def __post_init__(self) -> None:
+        problems = _layout_problems(self)
+        if problems:
+            raise InvalidInputError(f"invalid input layout: {'; '.join(problems)}")
+
     @property
     def spatial_shape(self) -> tuple[int, ...]:
         """Shape of the spatial axes, in order."""
@@ -52,10 +61,28 @@ class InputLayout:
         return 1 if self.channel_axis is None else self.shape[self.channel_axis]
 
     @property
+    def is_volume(self) -> bool:
+        """Whether the signal has three spatial axes (a volume, with or without channels)."""
+        return len(self.spatial_shape) == 3
+
+    @property
     def value_scale(self) -> float:
         """Width of the value range (1 for a constant input)."""
         span = self.value_max - self.value_min
         return span if span > 0 else 1.0
+
+    def normalize_values(self, values: np.ndarray) -> np.ndarray:
+        """Map values (any axis order) to float32 ``(x - value_min) / value_scale``.
+
+        Computed in float32 for inputs that float32 holds exactly (8/16-bit integers, float16/32),
+        in float64 otherwise, so that large 32/64-bit integers and float64 values beyond float32's
+        range are mapped without overflow.
+        """
+        precision = np.result_type(np.dtype(self.dtype), np.float32)
+        array = np.asarray(values, dtype=precision)
+        return ((array - precision.type(self.value_min)) / precision.type(self.value_scale)).astype(
+            np.float32, copy=False
+        )
 
     def normalize(self, data: np.ndarray) -> torch.Tensor:
         """Map an array of this layout to a normalised float32 ``(C, *spatial)`` tensor."""
@@ -64,19 +91,22 @@ class InputLayout:
             array = array[np.newaxis]
         else:
             array = np.moveaxis(array, self.channel_axis, 0)
-        values = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-        return (values - self.value_min) / self.value_scale
+        return torch.from_numpy(np.ascontiguousarray(self.normalize_values(array)))
 
-    def denormalize(self, values: torch.Tensor) -> np.ndarray:
-        """Map a normalised ``(C, *spatial)`` tensor back to the input's dtype, range and axis order."""
-        dtype = np.dtype(self.dtype)
-        array = values.detach().to("cpu", torch.float64).numpy() * self.value_scale + self.value_min
-        array = np.clip(array, self.value_min, self.value_max)
-        if dtype.kind == "b":
-            array = array >= 0.5
-        elif dtype.kind in "iu":
-            array = np.rint(array)
-        array = array.astype(dtype, copy=False)
+    def denormalize(self, values: torch.Tensor, continuous: bool = False) -> np.ndarray:
+        """Map a normalised ``(C, *spatial)`` tensor back to the input's dtype, range and axis order.
+
+        With ``continuous``, the values stay float32 (in the input's value range, not rounded to
+        its dtype): e.g. for smooth iso surfaces of an occupancy volume.
+        """
+        if continuous:
+            array = values.detach().to("cpu", torch.float32).numpy()
+            array = array * np.float32(self.value_scale) + np.float32(self.value_min)
+            array = np.clip(array, self.value_min, self.value_max).astype(np.float32, copy=False)
+        else:
+            array = values.detach().to("cpu", torch.float64).numpy() * self.value_scale
+            array = np.clip(array + self.value_min, self.value_min, self.value_max)
+            array = cast_values(array, np.dtype(self.dtype))
         if self.channel_axis is None:
             return array[0]
         return np.moveaxis(array, 0, self.channel_axis)
@@ -94,15 +124,91 @@ class InputLayout:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> InputLayout:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`.
+
+        Raises
+        ------
+        InvalidInputError
+            If a key is missing or a value has the wrong type or is out of range.
+        """
+        if not isinstance(values, dict):
+            raise InvalidInputError(f"a layout must be a JSON object, got {type(values).__name__}")
+        missing = {"shape", "dtype", "channel_axis", "rgb", "value_min", "value_max"} - set(values)
+        if missing:
+            raise InvalidInputError(f"layout is missing {sorted(missing)}")
+        shape, axis = values["shape"], values["channel_axis"]
+        if not isinstance(shape, list) or not all(_is_int(s) for s in shape):
+            raise InvalidInputError(f"layout shape must be a list of integers, got {shape!r}")
+        if axis is not None and not _is_int(axis):
+            raise InvalidInputError(f"layout channel_axis must be an integer, got {axis!r}")
+        for key in ("value_min", "value_max"):
+            if not isinstance(values[key], int | float) or isinstance(values[key], bool):
+                raise InvalidInputError(f"layout {key} must be a number, got {values[key]!r}")
+        if not isinstance(values["dtype"], str) or not isinstance(values["rgb"], bool):
+            raise InvalidInputError("layout dtype must be a string and rgb a boolean")
         return cls(
-            shape=tuple(int(s) for s in values["shape"]),
-            dtype=str(values["dtype"]),
-            channel_axis=None if values["channel_axis"] is None else int(values["channel_axis"]),
-            rgb=bool(values["rgb"]),
+            shape=tuple(shape),
+            dtype=values["dtype"],
+            channel_axis=axis,
+            rgb=values["rgb"],
             value_min=float(values["value_min"]),
             value_max=float(values["value_max"]),
         )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _layout_problems(layout: InputLayout) -> list[str]:
+    """What is wrong with a layout (empty when it is valid)."""
+    try:
+        dtype = np.dtype(layout.dtype)
+    except TypeError:
+        return [f"unknown dtype {layout.dtype!r}"]
+    problems = []
+    if dtype.kind not in "biuf" or dtype.str != layout.dtype:
+        problems.append(f"dtype {layout.dtype!r} is not a boolean, integer or float dtype string")
+    shape = layout.shape
+    if not all(_is_int(s) and 0 < s < 2**40 for s in shape):
+        problems.append(f"shape {shape} must hold positive sizes")
+    axis = layout.channel_axis
+    if axis is not None and not (_is_int(axis) and 0 <= axis < len(shape)):
+        problems.append(f"channel_axis {axis!r} is out of range for shape {shape}")
+        axis = None
+    spatial = len(shape) - (axis is not None)
+    if spatial not in (2, 3):
+        problems.append(f"shape {shape} must have 2 or 3 spatial axes")
+    elif axis is not None and shape[axis] > 4096:
+        problems.append(f"{shape[axis]} channels is more than 4096")
+    if layout.rgb and (axis is None or shape[axis] not in (3, 4)):
+        problems.append("rgb needs a channel axis of length 3 or 4")
+    low, high = layout.value_min, layout.value_max
+    if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+        problems.append(f"value range [{low}, {high}] is not a finite interval")
+    elif not math.isfinite(high - low):
+        problems.append(f"value range [{low}, {high}] is wider than float64 can represent")
+    return problems
+
+
+def cast_values(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Convert float values to ``dtype``: booleans at 0.5, integers rounded and saturated.
+
+    The one rule for turning computed values into the input's dtype. 64-bit integers saturate at
+    their limits instead of wrapping around (``float64`` cannot hold ``2**63 - 1``).
+    """
+    if dtype.kind == "b":
+        return values >= 0.5
+    if dtype.kind not in "iu":
+        return values.astype(dtype, copy=False)
+    values = np.rint(values)
+    if dtype.itemsize < 8:
+        return values.astype(dtype)
+    info = np.iinfo(dtype)
+    top, bottom = values >= float(info.max), values <= float(info.min)
+    out = np.where(top | bottom, 0.0, values).astype(dtype)
+    out[top], out[bottom] = info.max, info.min
+    return out
 
 
 def inspect_input(

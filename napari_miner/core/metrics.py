@@ -9,9 +9,17 @@ import torch
 
 
 def psnr_from_mse(mse: float, data_range: float = 1.0) -> float:
-    """PSNR in dB for a mean squared error and a peak value (``inf`` for a perfect fit)."""
+    """PSNR in dB for a mean squared error and a peak value.
+
+    ``inf`` for a perfect fit, ``-inf`` for an infinite error and NaN for a NaN error (a diverged
+    fit), never an exception.
+    """
+    if math.isnan(mse):
+        return math.nan
     if mse <= 0:
         return math.inf
+    if math.isinf(mse):
+        return -math.inf
     return 10.0 * math.log10(data_range**2 / mse)
 
 

@@ -157,6 +157,39 @@ def bank_sse_and_grads(
     return sse, grad_w, grad_b
 
 
+def params_per_mlp(sizes: list[tuple[int, int]]) -> int:
+    """Scalars of one MLP with layers of ``(out, in)`` sizes (see :func:`layer_sizes`)."""
+    return sum(o * i + o for o, i in sizes)
+
+
+def pack_bank(weights: Params, biases: Params) -> torch.Tensor:
+    """The bank as one ``(n, P)`` tensor (inverse of :func:`unpack_bank`).
+
+    Per MLP, layer by layer: the weights (row-major), then the biases.
+    """
+    n = weights[0].shape[0]
+    parts = []
+    for w, b in zip(weights, biases, strict=True):
+        parts += [w.reshape(n, -1), b.reshape(n, -1)]
+    return torch.cat(parts, dim=1)
+
+
+def unpack_bank(params: torch.Tensor, sizes: list[tuple[int, int]]) -> tuple[Params, Params]:
+    """Split ``(n, P)`` packed MLPs (see :func:`pack_bank`) into weights and biases (views)."""
+    n = params.shape[0]
+    weights: Params = []
+    biases: Params = []
+    start = 0
+    for n_out, n_in in sizes:
+        weights.append(params[:, start : start + n_out * n_in].reshape(n, n_out, n_in))
+        start += n_out * n_in
+        biases.append(params[:, start : start + n_out].reshape(n, n_out, 1))
+        start += n_out
+    if start != params.shape[1]:
+        raise ValueError(f"packed MLPs have {params.shape[1]} values each, the layers {start}")
+    return weights, biases
+
+
 def count_parameters(weights: Params, biases: Params) -> int:
     """Number of stored scalars (weights and biases) in a bank."""
     return sum(t.numel() for t in weights) + sum(t.numel() for t in biases)

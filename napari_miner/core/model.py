@@ -22,7 +22,7 @@ class LevelBank(Protocol):
     """What decoding needs of one pyramid level: its grid and the MLPs of any set of blocks.
 
     :class:`LevelParams` holds a level in memory; the model store provides levels that are read
-    tile by tile on demand (``napari_miner.io.tiled_store``).
+    tile by tile on demand (:mod:`napari_miner.io.stored_level`).
     """
 
     grid: BlockGrid
@@ -85,21 +85,17 @@ class LevelParams:
         """Every weight and bias of the level."""
         return count_parameters(self.weights, self.biases)
 
-    def block_lookup(self) -> torch.Tensor:
-        """``(n_blocks,)`` row of each block in the bank, -1 for blocks without an MLP."""
-        lookup = torch.full((self.grid.n_blocks,), -1, dtype=torch.long)
-        lookup[self.block_ids.cpu()] = torch.arange(self.n_mlps)
-        return lookup
-
     def gather(
         self, block_ids: torch.Tensor
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        """MLPs of the given flat block indices (see :class:`LevelBank`)."""
-        lookup = self.__dict__.get("_lookup")
-        if lookup is None:
-            lookup = self.__dict__["_lookup"] = self.block_lookup()
-        rows = lookup[block_ids.cpu()]
-        present = rows >= 0
+        """MLPs of the given flat block indices (see :class:`LevelBank`).
+
+        Memory follows the query and the bank, never the size of the block grid.
+        """
+        ids = self.block_ids.cpu()
+        query = block_ids.cpu()
+        rows = torch.searchsorted(ids, query).clamp_max(max(ids.numel() - 1, 0))
+        present = ids[rows] == query if ids.numel() else torch.zeros_like(query, dtype=torch.bool)
         take = rows[present]
         weights = [w[take].cpu() for w in self.weights]
         biases = [b[take].cpu() for b in self.biases]

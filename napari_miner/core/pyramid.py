@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -44,6 +45,23 @@ def area_downsample(x: torch.Tensor) -> torch.Tensor:
     if any(pad):
         batch = F.pad(batch, pad, mode="replicate")
     return _AVG_POOL[ndim](batch, kernel_size=2).squeeze(0)
+
+
+def area_downsample_array(array: np.ndarray, spatial_axes: Sequence[int]) -> np.ndarray:
+    """:func:`area_downsample` of a NumPy array along ``spatial_axes`` (2 or 3 of them), as float32.
+
+    The other axes (channels) are kept. Used on chunks of lazily computed pyramids: an odd side is
+    edge-padded, which equals padding the whole array as long as only the array's last chunk along
+    an axis has an odd side.
+    """
+    spatial = [int(a) % array.ndim for a in spatial_axes]
+    others = [a for a in range(array.ndim) if a not in spatial]
+    moved = np.transpose(array, others + spatial)
+    head = moved.shape[: len(others)]
+    x = torch.from_numpy(np.ascontiguousarray(moved, dtype=np.float32))
+    out = area_downsample(x.reshape(-1, *moved.shape[len(others) :])).numpy()
+    out = out.reshape(*head, *out.shape[1:])
+    return np.transpose(out, np.argsort(others + spatial))
 
 
 def upsample(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:

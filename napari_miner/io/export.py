@@ -22,33 +22,27 @@ average, in level-0 pixels) and ``1``/``0`` on the channel axis.
 from __future__ import annotations
 
 import math
-import os
-import secrets
-import shutil
 import warnings
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..core.errors import ConfigError, MinerError
+from ..core.errors import ConfigError
+from .atomic import atomic_directory, output_path
 
 if TYPE_CHECKING:
     import dask.array
 
     from ..core.model import PyramidModel
 
-__all__ = ["OutputExistsError", "default_chunks", "export_ome_zarr", "ome_pyramid"]
+__all__ = ["default_chunks", "export_ome_zarr", "ome_pyramid"]
 
 NGFF_VERSIONS = ("0.4", "0.5")
 """OME-Zarr (NGFF) versions :func:`export_ome_zarr` can write."""
 
 _RGB_COLOURS = ("FF0000", "00FF00", "0000FF", "FFFFFF")
 _RGB_LABELS = ("red", "green", "blue", "alpha")
-
-
-class OutputExistsError(MinerError, FileExistsError):
-    """The output path exists and overwriting it was not asked for."""
 
 
 def default_chunks(n_spatial: int, chunk: int | Sequence[int]) -> tuple[int, ...]:
@@ -244,41 +238,6 @@ def _image_name(target: Path) -> str:
     return name
 
 
-def _prepare_target(path: str | PathLike[str], overwrite: bool) -> Path:
-    target = Path(os.fspath(path)).expanduser()
-    if target.name in ("", ".", ".."):
-        raise ConfigError(f"{os.fspath(path)!r} is not a valid output path: name the image")
-    target = target.parent.resolve() / target.name
-    if not target.parent.is_dir():
-        raise FileNotFoundError(
-            f"cannot export to {target}: directory {target.parent} does not exist"
-        )
-    if os.path.lexists(target) and not overwrite:
-        raise OutputExistsError(
-            f"cannot export to {target}: it already exists (pass overwrite=True, or --overwrite "
-            "on the command line, to replace it)"
-        )
-    return target
-
-
-def _swap_into_place(temporary: Path, target: Path) -> None:
-    """Rename ``temporary`` to ``target``; an existing ``target`` is removed only once replaced."""
-    if not os.path.lexists(target):
-        os.replace(temporary, target)
-        return
-    aside = target.with_name(f".{target.name}.old-{secrets.token_hex(4)}")
-    os.replace(target, aside)
-    try:
-        os.replace(temporary, target)
-    except BaseException:
-        os.replace(aside, target)  # put the previous output back
-        raise
-    if aside.is_dir() and not aside.is_symlink():
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        aside.unlink(missing_ok=True)
-
-
 def export_ome_zarr(
     model: PyramidModel,
     path: str | PathLike[str],
@@ -306,7 +265,7 @@ def export_ome_zarr(
     Parameters
     ----------
     model : MinerModel
-        The fitted model (e.g. from :func:`napari_miner.fit` or :func:`napari_miner.load`).
+        The fitted model (e.g. from :func:`napari_miner.fitting` or :func:`napari_miner.load`).
     path : str or os.PathLike
         Directory of the OME-Zarr image, e.g. ``"image.ome.zarr"``.
     chunk : int or sequence of int
@@ -342,7 +301,7 @@ def export_ome_zarr(
         )
     chunks = default_chunks(len(model.layout.spatial_shape), chunk)
     pyramid = ome_pyramid(model, chunks, n_levels)
-    target = _prepare_target(path, overwrite)
+    target = output_path(path, overwrite, "OME-Zarr image")
 
     import zarr
 
@@ -353,9 +312,8 @@ def export_ome_zarr(
         from ome_zarr.writer import write_multiscale
 
     fmt = FormatV05() if ngff_version == "0.5" else FormatV04()
-    temporary = target.with_name(f".{target.name}.tmp-{secrets.token_hex(4)}")
-    try:
-        group = zarr.open_group(str(temporary), mode="w-", zarr_format=fmt.zarr_format)
+    with atomic_directory(target) as temporary:
+        group = zarr.open_group(str(temporary), mode="w", zarr_format=fmt.zarr_format)
         omero = _omero(model)
         extra: dict[str, Any] = {"metadata": {"omero": omero}} if omero else {}
         with warnings.catch_warnings():
@@ -375,7 +333,3 @@ def export_ome_zarr(
                 **extra,
             )
         group.attrs["napari_miner"] = _provenance(model)
-        _swap_into_place(temporary, target)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise

@@ -23,6 +23,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..core.layout import cast_values
+from ..core.pyramid import area_downsample_array
+
 if TYPE_CHECKING:
     import dask.array
 
@@ -147,29 +150,9 @@ def _spatial_axes(model: PyramidModel) -> list[int]:
     return [a for a in range(ndim) if a != model.layout.channel_axis]
 
 
-def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Convert float averages to ``dtype`` the way decoding does (round integers, threshold bools)."""
-    if dtype.kind == "b":
-        return values >= 0.5
-    if dtype.kind in "iu":
-        return np.rint(values).astype(dtype)
-    return values.astype(dtype)
-
-
 def _downsample_block(block: np.ndarray, spatial_axes: Sequence[int], out_dtype: str) -> np.ndarray:
-    """2× area average along the spatial axes; an odd side (the array's edge) is edge-padded."""
-    x = np.asarray(block, dtype=np.float64)
-    for axis in spatial_axes:
-        if x.shape[axis] % 2:
-            pad = [(0, 0)] * x.ndim
-            pad[axis] = (0, 1)
-            x = np.pad(x, pad, mode="edge")
-        even = [slice(None)] * x.ndim
-        odd = [slice(None)] * x.ndim
-        even[axis] = slice(0, None, 2)
-        odd[axis] = slice(1, None, 2)
-        x = (x[tuple(even)] + x[tuple(odd)]) * 0.5
-    return _cast(x, np.dtype(out_dtype))
+    """2× area average of a chunk along the spatial axes, in the model's dtype."""
+    return cast_values(area_downsample_array(block, spatial_axes), np.dtype(out_dtype))
 
 
 def _chunk_sides(model: PyramidModel, chunk_blocks: int | Sequence[int]) -> list[int]:

@@ -1,9 +1,11 @@
-"""Out-of-core input: open a (possibly huge) image or volume lazily, and scan it once.
+"""Input: open a (possibly huge) image or volume lazily, and scan it once.
 
 :func:`open_input` turns whatever the user points at (a zarr store on disk, a path into one, an
-OME-Zarr image, a zarr, dask or NumPy array) into an :class:`InputSource`: a lazily read dask array
-plus what the store's metadata says about it (display name, location, channel axis). It reads
-metadata only, never pixel data.
+OME-Zarr image, an image file, a ``.npy`` file, a zarr, dask or NumPy array) into an
+:class:`InputSource`: a dask array plus what the store's metadata says about it (display name,
+location, channel axis). For zarr stores it reads metadata only, never pixel data; ``.npy`` files
+are memory-mapped and read chunk by chunk; other image files (``.png``, ``.tif``, ...) are read
+whole with ``skimage.io.imread``.
 
 :func:`scan_input` then makes one chunk-by-chunk pass over the array to find its value range, to
 refuse NaN and infinity, and to compute a content digest (see :class:`InputStats`); memory stays
@@ -26,7 +28,6 @@ treatment as the image itself.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -41,7 +42,16 @@ from ..core.errors import InvalidInputError
 if TYPE_CHECKING:
     import dask.array
 
-__all__ = ["InputSource", "InputStats", "open_input", "scan_input"]
+__all__ = ["IMAGE_SUFFIXES", "InputSource", "open_input"]
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+"""Image files read with ``skimage.io.imread`` (any other file but ``.npy`` is tried too)."""
+
+SUPPORTED_INPUTS = (
+    "zarr arrays, zarr groups (with a component), OME-Zarr images, .npy files and image files "
+    f"({', '.join(IMAGE_SUFFIXES)})"
+)
+"""What :func:`open_input` opens from a path, for error messages."""
 
 # dask chunks of a sharded zarr v3 array are whole shards when a shard is at most this big
 _MAX_SHARD_BYTES = 128 << 20
@@ -62,9 +72,11 @@ class InputSource:
         already removed.
     name : str
         Short display name: the store's directory name, followed by the array's path inside the
-        store if it is not at the root (``"slide.zarr/scans/0"``).
+        store if it is not at the root (``"slide.zarr/scans/0"``); the file name of an image or
+        ``.npy`` file.
     path : str or None
-        Filesystem location of the zarr store (its root directory); ``None`` for in-memory arrays.
+        Filesystem location of the zarr store (its root directory) or of the file; ``None`` for
+        in-memory arrays.
     channel_axis : int or None
         Axis of :attr:`array` holding channels, from OME-Zarr ``axes`` metadata (the axis of type
         ``"channel"``); ``None`` otherwise.
@@ -73,7 +85,7 @@ class InputSource:
     component : str or None
         Path of the array inside the store at :attr:`path` (``""`` for an array at the root);
         ``open_input(path, component=component)`` opens the same array again. ``None`` for
-        in-memory arrays.
+        files and in-memory arrays.
     """
 
     array: dask.array.Array
@@ -84,30 +96,9 @@ class InputSource:
     component: str | None = None
 
 
-@dataclass(frozen=True)
-class InputStats:
-    """What one pass over the input found.
-
-    Attributes
-    ----------
-    value_min, value_max : float
-        Smallest and largest value of the array (``0.0``/``1.0`` for booleans).
-    digest : str
-        SHA-256 hex digest identifying the array's content. It hashes, in this order: a header
-        ``json.dumps({"shape": [...], "dtype": dtype.str, "chunks": [[...], ...]})`` (UTF-8), then
-        the raw 32-byte SHA-256 digests of every chunk's C-contiguous bytes (in the array's dtype),
-        chunks taken in C order of their chunk index. It is therefore stable across runs and
-        machines for the same values, dtype and chunking, but changes if the array is rechunked.
-    """
-
-    value_min: float
-    value_max: float
-    digest: str
-
-
 # ----------------------------------------------------------------------------------- opening
 def open_input(source: Any, *, component: str | None = None) -> InputSource:
-    """Open an image or volume lazily, without reading any pixel data.
+    """Open an image or volume lazily (zarr stores: without reading any pixel data).
 
     Parameters
     ----------
@@ -115,10 +106,12 @@ def open_input(source: Any, *, component: str | None = None) -> InputSource:
         A path to a zarr store (format 2 or 3) holding an array at its root; a path to a zarr
         group (then pass ``component``); a path into a store (``"/data/slide.zarr/scans/0"``,
         the store root is found by walking up); an OME-Zarr image (group with NGFF
-        ``multiscales`` metadata, whose level 0 is opened); or an array.
+        ``multiscales`` metadata, whose level 0 is opened); a ``.npy`` file (memory-mapped, read
+        lazily, never unpickled); an image file read with ``skimage.io.imread`` (``.png``,
+        ``.tif``, ... see :data:`IMAGE_SUFFIXES`; a multi-page TIFF is a volume); or an array.
     component : str, optional
         Path, inside the group that ``source`` points at, of the array (or OME-Zarr image) to
-        open. Only for paths.
+        open. Only for paths of zarr stores.
 
     Returns
     -------
@@ -128,10 +121,11 @@ def open_input(source: Any, *, component: str | None = None) -> InputSource:
     Raises
     ------
     InvalidInputError
-        If the path does not exist or is not a zarr store, a group is given without a component
-        (the message lists the arrays it holds), the component does not exist, the OME-Zarr
-        metadata is unusable or has a time axis longer than 1, or the array is empty or of a
-        non-numeric dtype.
+        If the path does not exist or is neither a zarr store nor a readable ``.npy`` or image
+        file (the message lists the supported inputs), a group is given without a component (the
+        message lists the arrays it holds), the component does not exist, the OME-Zarr metadata
+        is unusable or has a time axis longer than 1, or the array is empty or of a non-numeric
+        dtype.
     """
     import dask.array as da
     import zarr
@@ -154,8 +148,8 @@ def open_input(source: Any, *, component: str | None = None) -> InputSource:
     if isinstance(source, (str, os.PathLike)):
         return _open_path(Path(os.fspath(source)).expanduser(), component)
     raise InvalidInputError(
-        f"cannot open an input of type {type(source).__name__}: pass a path to a zarr store, "
-        "or a zarr, dask or NumPy array"
+        f"cannot open an input of type {type(source).__name__}: pass a path (to one of "
+        f"{SUPPORTED_INPUTS}), or a zarr, dask or NumPy array"
     )
 
 
@@ -235,12 +229,12 @@ def _open_path(path: Path, component: str | None) -> InputSource:
                 f"{root}: the zarr store has no array or group {missing!r}{_candidates_hint(root)}"
             )
         raise InvalidInputError(f"{path}: no such file or directory")
-    kind = _node_kind(path) if path.is_dir() else None
-    if kind is None:
-        what = "a directory" if path.is_dir() else "a file"
+    if not path.is_dir():
+        return _open_file(path, component)
+    if _node_kind(path) is None:
         raise InvalidInputError(
-            f"{path} is not a zarr store: it is {what} without zarr metadata "
-            "(.zarray, .zgroup or zarr.json)"
+            f"{path} is not a zarr store: it is a directory without zarr metadata "
+            f"(.zarray, .zgroup or zarr.json); supported inputs are {SUPPORTED_INPUTS}"
         )
     root = _store_root(path)
     inner = _join(path.relative_to(root).as_posix(), component or "")
@@ -263,6 +257,39 @@ def _open_path(path: Path, component: str | None) -> InputSource:
     if isinstance(node, zarr.Array):
         return _from_array_node(node, root, inner, store)
     return _from_group_node(node, root, inner)
+
+
+def _open_file(path: Path, component: str | None) -> InputSource:
+    """A ``.npy`` file (memory-mapped, read lazily) or an image file (read whole)."""
+    import dask.array as da
+
+    if component is not None:
+        raise InvalidInputError(
+            f"component={component!r} only applies to zarr stores, not to the file {path}"
+        )
+    if path.suffix.lower() == ".npy":
+        try:
+            data = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as error:
+            raise InvalidInputError(f"cannot read {path} as a .npy array: {error}") from error
+        # chunks are read lazily from the (read-only) memory map
+        return _checked(
+            InputSource(da.from_array(data, chunks="auto"), path.name, str(path), None, False)
+        )
+    import warnings
+
+    from skimage import io as skio
+
+    try:
+        with warnings.catch_warnings():  # imageio's plugin probing warns about old plugins
+            warnings.simplefilter("ignore", DeprecationWarning)
+            data = np.asarray(skio.imread(str(path)))
+    except Exception as error:  # imageio/tifffile raise many types for unreadable files
+        raise InvalidInputError(
+            f"cannot read {path} as an image ({type(error).__name__}: {error}); supported inputs "
+            f"are {SUPPORTED_INPUTS}"
+        ) from error
+    return _checked(InputSource(da.from_array(data), path.name, str(path), None, False))
 
 
 def _from_group_node(group: Any, root: Path, inner: str) -> InputSource:
@@ -480,89 +507,3 @@ def _candidates_hint(root: Path) -> str:
     if len(candidates) > _MAX_LISTED:
         listed += ", ..."
     return f" (it holds {listed})"
-
-
-# ----------------------------------------------------------------------------------- scanning
-def _chunk_stats(block: np.ndarray, index: tuple[int, ...]) -> tuple:
-    """Per-chunk (min, max, all finite, sha256 digest, chunk index)."""
-    block = np.ascontiguousarray(block)
-    digest = hashlib.sha256(memoryview(block).cast("B")).digest()
-    finite = True
-    if block.dtype.kind == "f":
-        finite = bool(np.isfinite(block).all())
-    if not finite:
-        return (math.nan, math.nan, False, digest, index)
-    return (float(block.min()), float(block.max()), True, digest, index)
-
-
-def _combine(stats: list[tuple], header: bytes) -> tuple:
-    outer = hashlib.sha256(header)
-    value_min, value_max = math.inf, -math.inf
-    bad = None
-    for lo, hi, finite, digest, index in stats:  # already in C order of chunk index
-        outer.update(digest)
-        if not finite:
-            bad = bad or index
-            continue
-        value_min, value_max = min(value_min, lo), max(value_max, hi)
-    return value_min, value_max, outer.hexdigest(), bad
-
-
-def scan_input(array: dask.array.Array) -> InputStats:
-    """Find the value range and content digest of ``array`` in one chunk-by-chunk pass.
-
-    Every chunk is read once, in a single dask computation (with the current dask scheduler),
-    and reduced to its minimum, maximum, finiteness and SHA-256 digest, so memory stays bounded by
-    a few chunks whatever the array's size.
-
-    Parameters
-    ----------
-    array : dask.array.Array
-        The input, e.g. :attr:`InputSource.array`.
-
-    Returns
-    -------
-    InputStats
-        Value range and digest (see :class:`InputStats` for what the digest covers).
-
-    Raises
-    ------
-    InvalidInputError
-        If the array is empty, of a non-numeric dtype, or holds NaN or infinite values.
-    """
-    import dask
-    import dask.array as da
-
-    if not isinstance(array, da.Array):
-        array = da.asarray(array)
-    dtype = np.dtype(array.dtype)
-    if dtype.kind not in "biuf":
-        raise InvalidInputError(
-            f"input dtype {dtype} is not supported: use a boolean, integer or floating-point array"
-        )
-    if array.ndim == 0 or 0 in array.shape:
-        raise InvalidInputError(f"input is empty (shape {tuple(array.shape)})")
-    header = json.dumps(
-        {
-            "shape": [int(s) for s in array.shape],
-            "dtype": dtype.str,
-            "chunks": [[int(c) for c in axis] for axis in array.chunks],
-        }
-    ).encode("utf-8")
-    blocks = array.to_delayed(optimize_graph=True)
-    per_chunk = [
-        dask.delayed(_chunk_stats, pure=True)(blocks[index], index)
-        for index in np.ndindex(*blocks.shape)
-    ]
-    total = dask.delayed(_combine, pure=True)(per_chunk, header)
-    value_min, value_max, digest, bad = total.compute()
-    if bad is not None:
-        where = ", ".join(
-            f"{sum(axis[:i])}:{sum(axis[: i + 1])}"
-            for axis, i in zip(array.chunks, bad, strict=True)
-        )
-        raise InvalidInputError(
-            f"input contains NaN or infinite values (e.g. in the chunk at [{where}]); replace "
-            "them before fitting"
-        )
-    return InputStats(float(value_min), float(value_max), digest)

@@ -1,105 +1,367 @@
-"""The model store: a fitted model as a ``*.miner.zarr`` directory (a zarr group).
+"""The model store: one format for every fitted model, written and read tile by tile.
 
-On-disk layout (zarr format 2)::
+Every model is stored the same way, whatever trained it: a ``*.miner.zarr`` directory (a zarr v2
+group) that holds, per level, the block mask and every block's packed MLP, cut into tiles, with a
+record per finished tile (its checksum and statistics). The layout and the checks made whenever a
+store is opened are in :mod:`napari_miner.io.schema`.
 
-    model.miner.zarr/
-        .zgroup, .zattrs         root attributes: format, format_version, config, layout,
-                                 metadata, levels (shape, block_size, n_mlps, stats per level),
-                                 arrays (shape, dtype and sha256 of every array)
-        levels/{j}/block_ids     (n_j,) int64, sorted flat block indices with an MLP
-        levels/{j}/weight_{l}    (n_j, out_l, in_l) float32
-        levels/{j}/bias_{l}      (n_j, out_l, 1) float32
-
-Zarr format 2 is written because every zarr implementation reads it (zarr-python 2 and 3 alike);
-the loader also accepts format 3. Arrays are compressed with Blosc (zstd, byte shuffle) in chunks of
-about 1 MiB along the first (MLP) axis. Non-finite floats in the attributes are stored as the strings
-``"NaN"``, ``"Infinity"`` and ``"-Infinity"`` so that the attributes stay standard JSON.
-
-Loading never unpickles or executes anything: arrays must be plain ``int64``/``float32`` arrays
-with whitelisted codecs, and every array's checksum is verified, so missing chunks (which zarr
-silently reads as fill values) or corrupted ones are reported. Saving writes a temporary sibling
-directory and renames it into place, so the final path holds either the previous complete model
-or the new one (or, after a crash in the middle of replacing one, none).
+* :class:`ModelStore` creates a store, adds finished tiles to it (a fit does so as it trains, from
+  one or many processes: every tile has chunk files of its own, its record written last), and reads
+  verified tiles back.
+* :func:`save_model` writes any model to a new store, atomically and under the path's lock;
+  :func:`load_model` opens a store (of this format, or of the older formats 1 and 2) as a model
+  whose levels are read tile by tile on demand.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
-import secrets
-import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..core.blocks import BlockGrid
 from ..core.config import MinerConfig
-from ..core.errors import MinerError, ModelFormatError
+from ..core.errors import ModelFormatError
 from ..core.layout import InputLayout
-from ..core.mlp_bank import layer_sizes
-from ..core.model import LevelParams, PyramidModel
-from ..core.pyramid import level_shapes
+from ..core.mlp_bank import pack_bank
+from ..core.model import PyramidModel
+from ..core.tiles import tile_blocks_region, tile_indices
+from .atomic import PathLock, atomic_directory, fsync_directory
+from .chunks import ArraySpec, read_chunk, read_json, write_chunk, write_json
+from .schema import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    SUFFIX,
+    StoreHeader,
+    StoreListing,
+    TileRecord,
+    check_params,
+    level_headers,
+    open_listing,
+    parse_attributes,
+    parse_header,
+    read_records,
+    records_stats,
+    root_attributes,
+    to_json,
+)
+from .stored_level import StoredLevel
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "SUFFIX", "load_model", "save_model"]
+__all__ = [
+    "ModelStore",
+    "SUFFIX",
+    "check_overwritable",
+    "is_model_store",
+    "load_model",
+    "save_model",
+    "store_tile_blocks",
+]
 
-FORMAT_NAME = "napari-miner.model"
-"""Value of the ``format`` attribute of every model store."""
-
-FORMAT_VERSION = 2
-"""Newest store format version this package reads: 1 is written by :func:`save_model`, 2 (tiled,
-see :mod:`napari_miner.io.tiled_store`) by out-of-core fits."""
-
-_SPARSE_VERSION = 1
-
-SUFFIX = ".miner.zarr"
-"""Recommended suffix of model stores."""
-
-ZARR_FORMAT = 2
-
-_CHUNK_BYTES = 1 << 20
-_INT = np.dtype("<i8")
-_FLOAT = np.dtype("<f4")
-_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-# codecs that only (de)compress or reorder bytes; anything else (pickle, object codecs, ...) is refused
-_SAFE_CODECS = {
-    "blosc", "zstd", "lz4", "zlib", "gzip", "bz2", "lzma", "shuffle", "delta",
-    "crc32", "crc32c", "adler32", "fletcher32", "bytes", "transpose", "sharding_indexed",
-}  # fmt: skip
-
-M = TypeVar("M", bound=PyramidModel)
+DEFAULT_TILE_SIDE = {2: 32, 3: 8}
+"""Tile side in blocks of a store (1024 blocks in 2D, 512 in 3D), unless training tiles are smaller."""
+TARGET_CHUNK_BYTES = 16 << 20
 
 
-# ------------------------------------------------------------------------------------- saving
-def save_model(model: PyramidModel, path: str | PathLike[str]) -> None:
-    """Write ``model`` to a zarr directory store at ``path``, atomically.
+def store_tile_blocks(
+    grid: BlockGrid, params_per_mlp: int, within: Sequence[int] | None = None
+) -> tuple[int, ...]:
+    """Tile shape (blocks per axis) of a level in a store.
 
-    The store is written to a temporary sibling directory and renamed into place; an existing model
-    at ``path`` is moved aside first and deleted only once the new one is in place. On any error the
-    temporary directory is removed and a previous model at ``path`` is left untouched.
-
-    Parameters
-    ----------
-    model : PyramidModel
-        The model to save.
-    path : str or os.PathLike
-        Directory of the store; ``*.miner.zarr`` is the recommended name.
-
-    Raises
-    ------
-    ModelFormatError
-        If ``path`` is a regular file or a directory that is not a napari-miner model (it is never
-        overwritten), or the model cannot be stored (inconsistent arrays, non-JSON metadata).
-    FileNotFoundError
-        If the parent directory of ``path`` does not exist.
+    Tiles are small (at most :data:`DEFAULT_TILE_SIDE` blocks and about 16 MiB of MLPs), so that
+    reading a region never reads much more than the region. ``within`` is the shape of the tiles a
+    fit trains: every store tile then lies inside one training tile.
     """
-    if not isinstance(model, PyramidModel):
-        raise TypeError(f"expected a fitted model, got {type(model).__name__}")
+    side = DEFAULT_TILE_SIDE.get(grid.ndim, 8)
+    while side > 1 and side**grid.ndim * params_per_mlp * 4 > TARGET_CHUNK_BYTES:
+        side //= 2
+    sides = []
+    for axis, g in enumerate(grid.grid_shape):
+        t = side
+        if within is not None and within[axis] < g:
+            outer = int(within[axis])
+            t = outer if outer <= side else math.gcd(outer, side)
+        sides.append(max(1, min(t, g)))
+    return tuple(sides)
+
+
+def tile_digest(mask: np.ndarray, params: np.ndarray) -> bytes:
+    """SHA-256 of a tile's mask and packed MLPs (little-endian, C order, in that order)."""
+    digest = hashlib.sha256()
+    for array in (mask, params):
+        data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+        digest.update(data.view(np.uint8).reshape(-1))
+    return digest.digest()
+
+
+class ModelStore:
+    """A format-3 model store: create it, add tiles, read verified tiles, update its attributes.
+
+    Open one with :meth:`open` (every check of :mod:`~napari_miner.io.schema` runs) or make a new
+    one with :meth:`create`. Only one process may change the attributes (the fit's coordinator,
+    holding the path's :class:`~napari_miner.io.atomic.PathLock`); tiles may be written by many.
+    """
+
+    def __init__(self, header: StoreHeader, records: list[dict[tuple[int, ...], TileRecord]]):
+        self.header = header
+        self.path = header.root
+        self._records = records
+        self.durable = True
+        """Flush every tile's data to disk before its record (a fit that a power loss interrupts
+        never has a recorded tile without its data); a save, flushed as a whole before it is
+        renamed into place, turns this off."""
+
+    # ---------------------------------------------------------------------------- opening
+    @classmethod
+    def open(cls, path: str | PathLike[str]) -> ModelStore:
+        """Open and validate a store of the current format.
+
+        Raises
+        ------
+        ModelFormatError
+            If the store is missing, damaged, or not of format version 3.
+        """
+        listing = open_listing(path)
+        attributes = root_attributes(listing)
+        if attributes["format_version"] != FORMAT_VERSION:
+            raise ModelFormatError(
+                f"{listing.root} is a model of format version {attributes['format_version']}, "
+                f"which is read-only: save it again to get format {FORMAT_VERSION}"
+            )
+        return cls.from_listing(listing, attributes)
+
+    @classmethod
+    def from_listing(cls, listing: StoreListing, attributes: dict[str, Any]) -> ModelStore:
+        """The store of an already listed directory (see :func:`~napari_miner.io.schema.open_listing`)."""
+        header = parse_header(listing, attributes)
+        records = [read_records(listing, header, j) for j in range(len(header.levels))]
+        return cls(header, records)
+
+    @classmethod
+    def create(
+        cls,
+        directory: str | PathLike[str],
+        layout: InputLayout,
+        config: MinerConfig,
+        tile_blocks: Sequence[Sequence[int]],
+        metadata: dict[str, Any],
+        input_info: dict[str, Any] | None = None,
+        fit: dict[str, Any] | None = None,
+    ) -> ModelStore:
+        """Write an empty store (no tile finished) into the empty or new ``directory``.
+
+        Callers make this atomic by creating the store in a temporary directory
+        (:func:`~napari_miner.io.atomic.atomic_directory`).
+        """
+        root = Path(os.fspath(directory))
+        root.mkdir(exist_ok=True)
+        root = root.resolve()
+        levels = level_headers(layout, config, [tuple(int(t) for t in tb) for tb in tile_blocks])
+        for j, level in enumerate(levels):
+            for name, spec in level.specs().items():
+                array_dir = root / "levels" / str(j) / name
+                array_dir.mkdir(parents=True, exist_ok=True)
+                write_json(array_dir / ".zarray", spec.to_zarray())
+        write_json(root / "levels" / ".zgroup", {"zarr_format": 2})
+        for j in range(len(levels)):
+            write_json(root / "levels" / str(j) / ".zgroup", {"zarr_format": 2})
+        write_json(root / ".zgroup", {"zarr_format": 2})
+        attributes = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "status": "fitting",
+            "config": to_json(config.to_dict(), "config"),
+            "layout": to_json(layout.to_dict(), "layout"),
+            "metadata": to_json(metadata, "metadata"),
+            "input": None if input_info is None else to_json(input_info, "input"),
+            "fit": None if fit is None else to_json(fit, "fit"),
+            "levels": [
+                {"tile_blocks": list(level.tile_blocks), "prune_threshold": None,
+                 "n_active": None, "stats": {}}
+                for level in levels
+            ],
+        }  # fmt: skip
+        write_json(root / ".zattrs", attributes)  # last: without it, nothing is a store
+        return cls.from_listing(open_listing(root), attributes)
+
+    # ------------------------------------------------------------------------ description
+    @property
+    def config(self) -> MinerConfig:
+        """Training settings of the model."""
+        return self.header.config
+
+    @property
+    def layout(self) -> InputLayout:
+        """Layout of the fitted input."""
+        return self.header.layout
+
+    @property
+    def n_levels(self) -> int:
+        """Pyramid levels."""
+        return len(self.header.levels)
+
+    @property
+    def complete(self) -> bool:
+        """Whether the fit finished (every tile is in the store)."""
+        return self.header.complete
+
+    def grid(self, level: int) -> BlockGrid:
+        """Block grid of ``level``."""
+        return self.header.levels[level].grid
+
+    def tile_blocks(self, level: int) -> tuple[int, ...]:
+        """Tile shape (blocks per axis) of ``level``."""
+        return self.header.levels[level].tile_blocks
+
+    def tiles(self, level: int) -> list[tuple[int, ...]]:
+        """Every tile position of ``level``, in C order."""
+        return tile_indices(self.grid(level), self.tile_blocks(level))
+
+    def records(self, level: int) -> dict[tuple[int, ...], TileRecord]:
+        """Records of the finished tiles of ``level`` (as of opening, plus tiles written since)."""
+        return self._records[level]
+
+    def level_stats(self, level: int) -> dict[str, Any]:
+        """Statistics of ``level``: as stored, or summed over its finished tiles while it trains."""
+        info = self.header.levels[level]
+        if info.stats or self.complete:
+            return dict(info.stats)
+        return records_stats(self._records[level], info, self.config.iou_threshold is not None)
+
+    # ---------------------------------------------------------------------------- writing
+    def _spec(self, level: int, name: str) -> ArraySpec:
+        return self.header.levels[level].specs()[name]
+
+    def write_tile(
+        self,
+        level: int,
+        index: Sequence[int],
+        mask: np.ndarray,
+        params: np.ndarray,
+        stats: dict[str, float],
+    ) -> TileRecord:
+        """Write a finished tile: its data first, its record (checksum and statistics) last.
+
+        ``mask`` is the tile's ``(*tile)`` uint8 block mask, ``params`` its ``(*tile, P)`` packed
+        MLPs (zeros where a block has none), ``stats`` the record's statistics.
+        """
+        index = tuple(int(i) for i in index)
+        region = tile_blocks_region(self.grid(level), self.tile_blocks(level), index)
+        expected = tuple(r.stop - r.start for r in region)
+        mask = np.ascontiguousarray(mask, dtype=np.uint8)
+        params = np.ascontiguousarray(params, dtype="<f4")
+        if mask.shape != expected or params.shape[:-1] != expected:
+            raise ModelFormatError(
+                f"tile {index} of level {level} has shape {mask.shape}, expected {expected}"
+            )
+        base = self.path / "levels" / str(level)
+        durable = self.durable
+        write_chunk(base / "params", self._spec(level, "params"), (*index, 0), params, durable)
+        write_chunk(base / "mask", self._spec(level, "mask"), index, mask, durable)
+        if durable:  # the data is on disk before the record that says the tile is finished
+            fsync_directory(base / "params")
+            fsync_directory(base / "mask")
+        record = TileRecord(
+            tile_digest(mask, params), int(mask.sum()), float(stats.get("sse", 0.0)),
+            float(stats.get("count", 0.0)), int(stats.get("steps", 0)),
+            float(stats.get("elapsed_s", 0.0)), float(stats.get("intersection", 0.0)),
+            float(stats.get("union", 0.0)),
+        )  # fmt: skip
+        raw = np.frombuffer(record.encode(), dtype=np.uint8).reshape((1,) * len(index) + (-1,))
+        write_chunk(base / "records", self._spec(level, "records"), (*index, 0), raw, durable)
+        self._records[level][index] = record
+        return record
+
+    def update_attributes(self, **changes: Any) -> None:
+        """Replace root attributes (JSON values) and rewrite ``.zattrs`` atomically."""
+        attributes = dict(self.header.attributes)
+        attributes.update({k: to_json(v, k) for k, v in changes.items()})
+        header = parse_attributes(self.path, attributes)
+        write_json(self.path / ".zattrs", attributes)
+        self.header = header
+
+    def update_level(self, level: int, **changes: Any) -> None:
+        """Change attributes of one level (``prune_threshold``, ``n_active``, ``stats``)."""
+        levels = [dict(info) for info in self.header.attributes["levels"]]
+        levels[level].update(changes)
+        self.update_attributes(levels=levels)
+
+    # ---------------------------------------------------------------------------- reading
+    def read_tile(self, level: int, index: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """A finished tile's ``(*tile)`` mask and ``(*tile, P)`` packed MLPs, verified.
+
+        Raises
+        ------
+        ModelFormatError
+            If the tile is not finished, or its data is missing, damaged or does not match its
+            checksum.
+        """
+        index = tuple(int(i) for i in index)
+        what = f"{self.path}: tile {index} of level {level}"
+        record = self._records[level].get(index)
+        if record is None:
+            raise ModelFormatError(f"{what} is not finished")
+        base = self.path / "levels" / str(level)
+        mask = read_chunk(base / "mask", self._spec(level, "mask"), index, what)
+        params = read_chunk(base / "params", self._spec(level, "params"), (*index, 0), what)
+        if tile_digest(mask, params) != record.digest:
+            raise ModelFormatError(
+                f"{what} does not match its checksum: the store is damaged (a chunk file was "
+                "changed or replaced)"
+            )
+        if int(mask.sum()) != record.n_mlps or mask.max(initial=0) > 1:
+            raise ModelFormatError(f"{what}: its block mask disagrees with its record")
+        check_params(params, what)
+        return mask, params
+
+    def model(self, cache_bytes: int = 256 << 20) -> PyramidModel:
+        """The model in the store, its levels read tile by tile on demand.
+
+        Unfinished tiles have no MLPs: a store that is still being fitted gives the model trained
+        so far (``metadata["fit_status"]`` is ``"fitting"``).
+        """
+        per_level = max(1, cache_bytes // self.n_levels)
+        levels = [StoredLevel(self, j, per_level) for j in range(self.n_levels)]
+        metadata = dict(self.header.metadata)
+        metadata["fit_status"] = self.header.status
+        return PyramidModel(self.layout, self.config, levels, metadata)
+
+
+# ------------------------------------------------------------------------------- save / load
+def is_model_store(path: str | PathLike[str]) -> bool:
+    """Whether ``path`` looks like a model store (its root attributes name the format)."""
+    attributes = Path(os.fspath(path)) / ".zattrs"
+    if not attributes.is_file() or attributes.is_symlink():
+        return False
+    try:
+        return read_json(attributes, str(path)).get("format") == FORMAT_NAME
+    except (ModelFormatError, AttributeError):
+        return False
+
+
+def check_overwritable(target: Path) -> None:
+    """Refuse to replace anything at ``target`` but a model store or an empty directory."""
+    if not os.path.lexists(target):
+        return
+    if not target.is_dir() or target.is_symlink():
+        raise ModelFormatError(
+            f"cannot write a model to {target}: something that is not a model store exists there "
+            f"(a store is a directory; use a name ending in {SUFFIX!r})"
+        )
+    if any(target.iterdir()) and not is_model_store(target):
+        raise ModelFormatError(
+            f"cannot write a model to {target}: the directory exists and is not a napari-miner "
+            "model, so it is not overwritten; choose another path or remove it"
+        )
+
+
+def _target(path: str | PathLike[str]) -> Path:
     target = Path(os.fspath(path)).expanduser()
     if target.name in ("", ".", ".."):
         raise ModelFormatError(f"{os.fspath(path)!r} is not a valid model path: name the store")
@@ -110,520 +372,88 @@ def save_model(model: PyramidModel, path: str | PathLike[str]) -> None:
         raise FileNotFoundError(
             f"cannot save the model to {target}: directory {target.parent} does not exist"
         )
-    check_overwritable(target)
-    source = _backing_store(model)
-    if source is not None and source.resolve() == target:
-        return  # the model already lives there
-    arrays, attributes = ({}, {}) if source is not None else _serialize(model)
-
-    temporary = _new_sibling(target, "tmp")
-    try:
-        if source is not None:
-            temporary.rmdir()
-            shutil.copytree(source, temporary)
-        else:
-            _write_store(temporary, arrays, attributes)
-        _fsync_tree(temporary)
-        _swap_into_place(temporary, target)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
+    return target
 
 
-def _backing_store(model: PyramidModel) -> Path | None:
-    """The tiled store a model is read from, or ``None`` for a model held in memory."""
-    from .tiled_store import StoredLevel
+def save_model(model: PyramidModel, path: str | PathLike[str]) -> None:
+    """Write ``model`` to a new store at ``path``, atomically.
 
-    stores = {level.store.path for level in model.levels if isinstance(level, StoredLevel)}
-    if not stores:
-        return None
-    if (
-        len(stores) > 1
-        or len(stores) == 1
-        and not all(isinstance(level, StoredLevel) for level in model.levels)
-    ):
-        raise ModelFormatError("cannot save a model that mixes levels of several stores")
-    return Path(stores.pop())
-
-
-def check_overwritable(target: Path) -> None:
-    """Refuse to replace anything at ``target`` but a napari-miner model or an empty directory."""
-    if not os.path.lexists(target):
-        return
-    if not target.is_dir():
-        raise ModelFormatError(
-            f"cannot save the model to {target}: a file of that name exists and is not a model "
-            f"store (a store is a directory; use a name ending in {SUFFIX!r})"
-        )
-    if not any(target.iterdir()):
-        return
-    if _root_attributes_raw(target).get("format") != FORMAT_NAME:
-        raise ModelFormatError(
-            f"cannot save the model to {target}: the directory exists and is not a napari-miner "
-            "model, so it is not overwritten; choose another path or remove it"
-        )
-
-
-def _root_attributes_raw(path: Path) -> dict[str, Any]:
-    """The root attributes of a zarr group, read as plain JSON ({} if absent or unreadable)."""
-    for name, key in ((".zattrs", None), ("zarr.json", "attributes")):
-        try:
-            with open(path / name, encoding="utf-8") as handle:
-                content = json.load(handle)
-        except (OSError, ValueError):
-            continue
-        if key is not None and isinstance(content, dict):
-            content = content.get(key, {})
-        if isinstance(content, dict):
-            return content
-    return {}
-
-
-def _serialize(model: PyramidModel) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The arrays (by store path) and root attributes of ``model``."""
-    layout, config = model.layout, model.config
-    _check_model_structure(layout, config, [lv.grid.shape for lv in model.levels])
-    arrays: dict[str, np.ndarray] = {}
-    levels = []
-    for j, level in enumerate(model.levels):
-        if level.grid.block_size != config.block_size:
-            raise ModelFormatError(
-                f"level {j} has block_size {level.grid.block_size}, the config {config.block_size}"
-            )
-        level_arrays = {"block_ids": level.block_ids.detach().cpu().numpy().astype(_INT)}
-        for index, (w, b) in enumerate(zip(level.weights, level.biases, strict=True)):
-            level_arrays[f"weight_{index}"] = w.detach().cpu().numpy().astype(_FLOAT)
-            level_arrays[f"bias_{index}"] = b.detach().cpu().numpy().astype(_FLOAT)
-        if len(level.weights) != len(level.biases):
-            raise ModelFormatError(f"level {j} has different numbers of weights and biases")
-        _check_level_arrays(j, level_arrays, layout, config, level.grid)
-        arrays.update({f"levels/{j}/{name}": a for name, a in level_arrays.items()})
-        levels.append(
-            {
-                "shape": list(level.grid.shape),
-                "block_size": level.grid.block_size,
-                "n_mlps": level.n_mlps,
-                "stats": _to_json(level.stats, f"level {j} stats"),
-            }
-        )
-    attributes = {
-        "format": FORMAT_NAME,
-        "format_version": _SPARSE_VERSION,
-        "config": _to_json(config.to_dict(), "config"),
-        "layout": _to_json(layout.to_dict(), "layout"),
-        "metadata": _to_json(model.metadata, "metadata"),
-        "levels": levels,
-        "arrays": {
-            name: {"shape": list(a.shape), "dtype": a.dtype.str, "sha256": _digest(a)}
-            for name, a in arrays.items()
-        },
-    }
-    return arrays, attributes
-
-
-def _write_store(directory: Path, arrays: dict[str, np.ndarray], attributes: dict) -> None:
-    import zarr
-    from zarr.storage import LocalStore
-
-    group = zarr.open_group(store=LocalStore(str(directory)), mode="w", zarr_format=ZARR_FORMAT)
-    for name, data in arrays.items():
-        _write_array(group, name, data)
-    # the attributes (format name first of all) come last: a store without them never loads
-    group.attrs.update(attributes)
-
-
-def _write_array(group: Any, name: str, data: np.ndarray) -> None:
-    """Write one array with chunks of about 1 MiB along its first axis."""
-    row_bytes = data.dtype.itemsize * math.prod(data.shape[1:])
-    rows = max(1, min(max(data.shape[0], 1), _CHUNK_BYTES // max(row_bytes, 1)))
-    group.create_array(name, data=data, chunks=(rows, *data.shape[1:]), compressors=_compressor())
-
-
-def _compressor() -> Any:
-    """Blosc zstd with byte shuffle: about 6 % smaller than zarr's defaults on trained weights."""
-    from numcodecs import Blosc
-
-    return Blosc(cname="zstd", clevel=5, shuffle=Blosc.SHUFFLE)
-
-
-def _new_sibling(target: Path, kind: str) -> Path:
-    """Create and return a new hidden directory next to ``target``."""
-    while True:
-        candidate = target.parent / f".{target.name}.{kind}-{secrets.token_hex(4)}"
-        try:
-            candidate.mkdir()
-        except FileExistsError:
-            continue
-        return candidate
-
-
-def _swap_into_place(temporary: Path, target: Path) -> None:
-    """Rename ``temporary`` to ``target``, replacing (and then deleting) a previous store there."""
-    backup = None
-    if os.path.lexists(target):
-        backup = _new_sibling(target, "old")
-        backup.rmdir()
-        os.replace(target, backup)
-    try:
-        os.replace(temporary, target)
-    except BaseException:
-        if backup is not None:
-            os.replace(backup, target)
-        raise
-    _fsync_directory(target.parent)
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
-
-
-def _fsync_tree(root: Path) -> None:
-    """Flush every file and directory under ``root`` to disk (so a renamed store is complete)."""
-    for directory, _, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(directory, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_directory(Path(directory))
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # directories cannot be opened on Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-# ------------------------------------------------------------------------------------ loading
-def load_model(path: str | PathLike[str], model_class: Callable[..., M]) -> M:
-    """Read a store written by :func:`save_model`.
-
-    Nothing is unpickled or executed: only JSON attributes and plain numeric arrays are read, and
-    every array is checked against its recorded shape, dtype and sha256 checksum.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        The ``*.miner.zarr`` directory.
-    model_class : type
-        A :class:`~napari_miner.core.model.PyramidModel` subclass, constructed as
-        ``model_class(layout, config, levels, metadata)``.
+    The store is written to a temporary sibling and renamed into place (a previous model there is
+    deleted only once replaced), under the path's lock, so a second writer gets
+    :class:`~napari_miner.core.errors.StoreLockedError`. Leftovers of earlier interrupted saves
+    of the path are removed. A model read from a store is copied tile by tile, each tile verified.
 
     Raises
     ------
     ModelFormatError
-        If the store is missing, not a napari-miner model, of a newer format version, incomplete,
-        inconsistent or corrupted.
+        If ``path`` holds something that is not a model store (it is never overwritten), or a
+        tile of the model's own store is damaged.
+    StoreLockedError
+        If another process writes ``path``.
+    FileNotFoundError
+        If the parent directory of ``path`` does not exist.
     """
-    location = Path(os.fspath(path)).expanduser()
-    group = _open_group(location)
-    attributes = _from_json(_read_attributes(group, location))
-    _check_format(attributes, location)
-    if attributes.get("storage") == "tiled":
-        from .tiled_store import TiledStore
-
-        return TiledStore.open(location).model(model_class)
-    try:
-        config = MinerConfig.from_dict(_mapping(attributes, "config"))
-    except (MinerError, TypeError, ValueError, KeyError) as error:
-        raise ModelFormatError(f"{location}: invalid config attribute: {error}") from error
-    layout = _read_layout(attributes, location)
-    metadata = attributes.get("metadata", {})
-    if not isinstance(metadata, dict):
-        raise ModelFormatError(f"{location}: the 'metadata' attribute is not a JSON object")
-    manifest = _mapping(attributes, "arrays", location)
-    level_info = attributes.get("levels")
-    if not isinstance(level_info, list) or not level_info:
-        raise ModelFormatError(f"{location}: the 'levels' attribute is missing or empty")
-    try:
-        grids = [
-            BlockGrid(tuple(int(s) for s in info["shape"]), int(info["block_size"]))
-            for info in level_info
-        ]
-    except (TypeError, KeyError, ValueError) as error:
-        raise ModelFormatError(f"{location}: invalid 'levels' attribute: {error}") from error
-    try:
-        _check_model_structure(layout, config, [g.shape for g in grids])
-    except ModelFormatError as error:
-        raise ModelFormatError(f"{location}: {error}") from None
-
-    levels = []
-    n_layers = config.hidden_layers + 2
-    for j, (info, grid) in enumerate(zip(level_info, grids, strict=True)):
-        if grid.block_size != config.block_size:
-            raise ModelFormatError(
-                f"{location}: level {j} has block_size {grid.block_size} but the config says "
-                f"{config.block_size}"
-            )
-        names = ["block_ids"] + [
-            f"{kind}_{i}" for i in range(n_layers) for kind in ("weight", "bias")
-        ]
-        level_arrays = {
-            name: _read_array(group, f"levels/{j}/{name}", manifest, location) for name in names
-        }
-        try:
-            _check_level_arrays(j, level_arrays, layout, config, grid)
-        except ModelFormatError as error:
-            raise ModelFormatError(f"{location}: {error}") from None
-        stats = info.get("stats", {})
-        if not isinstance(stats, dict):
-            raise ModelFormatError(f"{location}: level {j} stats are not a JSON object")
-        levels.append(
-            LevelParams(
-                grid,
-                torch.from_numpy(level_arrays["block_ids"]),
-                [torch.from_numpy(level_arrays[f"weight_{i}"]) for i in range(n_layers)],
-                [torch.from_numpy(level_arrays[f"bias_{i}"]) for i in range(n_layers)],
-                stats,
-            )
-        )
-    try:
-        return model_class(layout, config, levels, metadata)
-    except MinerError as error:
-        raise ModelFormatError(f"{location}: the stored model is inconsistent: {error}") from error
+    if not isinstance(model, PyramidModel):
+        raise TypeError(f"expected a fitted model, got {type(model).__name__}")
+    target = _target(path)
+    check_overwritable(target)
+    if any(isinstance(level, StoredLevel) and level.store.path == target for level in model.levels):
+        if all(
+            isinstance(level, StoredLevel) and level.store.path == target for level in model.levels
+        ):
+            return  # the model already lives there
+        raise ModelFormatError(f"cannot save over {target}: the model is read from it")
+    with PathLock(target).acquire("saved"), atomic_directory(target) as temporary:
+        write_model(model, temporary)
 
 
-def _open_group(location: Path) -> Any:
-    import zarr
-    from zarr.storage import LocalStore
-
-    if not os.path.lexists(location):
-        hint = ""
-        backups = sorted(location.parent.glob(f".{location.name}.old-*"))
-        if backups:
-            hint = (
-                f"; a save to it was interrupted and the previous model is in {backups[-1]} "
-                "(rename it back)"
-            )
-        raise ModelFormatError(f"no model store at {location}: the path does not exist{hint}")
-    if not location.is_dir():
-        raise ModelFormatError(
-            f"{location} is not a model store: a napari-miner model is a directory "
-            f"(`*{SUFFIX}`) written by MinerModel.save"
-        )
-    try:
-        store = LocalStore(str(location), read_only=True)
-        return zarr.open_group(store=store, mode="r")
-    except Exception as error:
-        raise ModelFormatError(
-            f"{location} is not a napari-miner model store (no readable zarr group: {error})"
-        ) from error
-
-
-def _read_attributes(group: Any, location: Path) -> dict[str, Any]:
-    try:
-        attributes = group.attrs.asdict()
-    except Exception as error:
-        raise ModelFormatError(
-            f"{location}: cannot read the store's attributes: {error}"
-        ) from error
-    if not isinstance(attributes, dict):
-        raise ModelFormatError(f"{location}: the store's attributes are not a JSON object")
-    return attributes
+def write_model(model: PyramidModel, directory: Path) -> ModelStore:
+    """Write every level of ``model`` into a new complete store in ``directory``, tile by tile."""
+    metadata = {k: v for k, v in model.metadata.items() if k != "fit_status"}
+    ones = [(1,) * len(model.layout.spatial_shape)] * model.n_levels
+    tiles = [
+        store_tile_blocks(info.grid, info.params_per_mlp)
+        for info in level_headers(model.layout, model.config, ones)
+    ]
+    store = ModelStore.create(directory, model.layout, model.config, tiles, metadata)
+    store.durable = False  # the whole store is flushed before it is renamed into place
+    for j, level in enumerate(model.levels):
+        width = store.header.levels[j].params_per_mlp
+        for index in store.tiles(j):
+            region = tile_blocks_region(level.grid, store.tile_blocks(j), index)
+            shape = tuple(r.stop - r.start for r in region)
+            present, weights, biases = level.gather(_flat_ids(level.grid, region))
+            params = np.zeros((present.numel(), width), "<f4")
+            if weights[0].shape[0]:
+                params[present.numpy()] = pack_bank(weights, biases).numpy()
+            mask = present.numpy().astype(np.uint8).reshape(shape)
+            store.write_tile(j, index, mask, params.reshape(*shape, width), {})
+        store.update_level(j, stats=dict(level.stats))
+    store.update_attributes(status="complete")
+    return store
 
 
-def _check_format(attributes: dict[str, Any], location: Path) -> None:
-    name = attributes.get("format")
-    if name != FORMAT_NAME:
-        found = "no 'format' attribute" if name is None else f"format {name!r}"
-        raise ModelFormatError(
-            f"{location} is a zarr group but not a napari-miner model ({found}, expected "
-            f"{FORMAT_NAME!r})"
-        )
-    version = attributes.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ModelFormatError(f"{location}: invalid format_version {version!r}")
-    if version > FORMAT_VERSION:
-        raise ModelFormatError(
-            f"{location} was saved by a newer napari-miner (model format version {version}; this "
-            f"version reads up to {FORMAT_VERSION}): upgrade napari-miner to open it"
-        )
+def _flat_ids(grid: BlockGrid, region: Sequence[slice]) -> torch.Tensor:
+    """Flat (C-order) indices of the blocks of a block-grid region."""
+    axes = [torch.arange(r.start, r.stop) for r in region]
+    flat = torch.zeros([len(a) for a in axes], dtype=torch.long)
+    for axis, coordinate in enumerate(torch.meshgrid(*axes, indexing="ij")):
+        flat = flat * grid.grid_shape[axis] + coordinate
+    return flat.reshape(-1)
 
 
-def _mapping(attributes: dict[str, Any], key: str, location: Path | None = None) -> dict:
-    value = attributes.get(key)
-    if not isinstance(value, dict):
-        where = f"{location}: " if location is not None else ""
-        raise ModelFormatError(f"{where}the {key!r} attribute is missing or not a JSON object")
-    return value
+def load_model(path: str | PathLike[str]) -> PyramidModel:
+    """Open a model store of any released format, validated, its levels read on demand.
 
+    Raises
+    ------
+    ModelFormatError
+        If the store is missing, not a model, of a newer format, incomplete or damaged.
+    """
+    listing = open_listing(path)
+    attributes = root_attributes(listing)
+    if attributes["format_version"] < FORMAT_VERSION:
+        from .legacy import load_legacy
 
-def _read_layout(attributes: dict[str, Any], location: Path) -> InputLayout:
-    try:
-        layout = InputLayout.from_dict(_mapping(attributes, "layout"))
-        dtype = np.dtype(layout.dtype)
-        spatial = layout.spatial_shape
-    except (MinerError, TypeError, ValueError, KeyError) as error:
-        raise ModelFormatError(f"{location}: invalid layout attribute: {error}") from error
-    problems = []
-    if dtype.kind not in "biuf":
-        problems.append(f"unsupported dtype {layout.dtype!r}")
-    if layout.channel_axis is not None and not 0 <= layout.channel_axis < len(layout.shape):
-        problems.append(f"channel_axis {layout.channel_axis} out of range")
-    if len(spatial) not in (2, 3) or min(layout.shape, default=0) < 1:
-        problems.append(f"unsupported shape {layout.shape}")
-    if not (math.isfinite(layout.value_min) and math.isfinite(layout.value_max)):
-        problems.append("non-finite value range")
-    if problems:
-        raise ModelFormatError(f"{location}: invalid layout attribute: {', '.join(problems)}")
-    return layout
-
-
-def _read_array(group: Any, name: str, manifest: dict, location: Path) -> np.ndarray:
-    """Read and verify one array; refuses anything but plain int64/float32 data."""
-    expected = manifest.get(name)
-    if not isinstance(expected, dict) or not isinstance(expected.get("sha256"), str):
-        raise ModelFormatError(f"{location}: array {name!r} is not listed in the store's manifest")
-    try:
-        array = group[name]
-        metadata = array.metadata.to_dict()
-        dtype = np.dtype(array.dtype)
-        shape = tuple(array.shape)
-    except KeyError:
-        raise ModelFormatError(
-            f"{location}: array {name!r} is missing (incomplete or damaged store)"
-        ) from None
-    except Exception as error:
-        raise ModelFormatError(f"{location}: cannot open array {name!r}: {error}") from error
-    if dtype.kind not in "iuf" or dtype.str != str(expected.get("dtype")):
-        raise ModelFormatError(
-            f"{location}: array {name!r} has dtype {dtype}, expected {expected.get('dtype')!r}"
-        )
-    unsafe = sorted(_codec_names(metadata) - _SAFE_CODECS)
-    if unsafe:
-        raise ModelFormatError(f"{location}: array {name!r} uses unsupported codecs {unsafe}")
-    if list(shape) != expected.get("shape"):
-        raise ModelFormatError(
-            f"{location}: array {name!r} has shape {shape}, the manifest says {expected.get('shape')}"
-        )
-    try:
-        data = np.asarray(array[...])
-    except Exception as error:
-        raise ModelFormatError(
-            f"{location}: array {name!r} cannot be read (corrupted or truncated chunk): {error}"
-        ) from error
-    if _digest(data) != expected["sha256"]:
-        raise ModelFormatError(
-            f"{location}: array {name!r} does not match its checksum: the store is incomplete or "
-            "corrupted (a chunk file is missing or damaged)"
-        )
-    return np.ascontiguousarray(data, dtype=dtype.newbyteorder("="))
-
-
-def _codec_names(metadata: Any) -> set[str]:
-    """Names of every codec, filter and compressor in an array's metadata (format 2 or 3)."""
-    names: set[str] = set()
-    entries: list[Any] = []
-    if metadata.get("zarr_format") == 2:
-        entries = [metadata.get("compressor"), *(metadata.get("filters") or [])]
-    else:
-        entries = list(metadata.get("codecs") or [])
-    while entries:
-        entry = entries.pop()
-        if entry is None:
-            continue
-        if not isinstance(entry, dict):
-            names.add(repr(entry))
-            continue
-        name = entry.get("id", entry.get("name"))
-        names.add(str(name).removeprefix("numcodecs."))
-        configuration = entry.get("configuration") or {}
-        if isinstance(configuration, dict):
-            for key in ("codecs", "index_codecs"):
-                entries.extend(configuration.get(key) or [])
-    return names
-
-
-# ------------------------------------------------------------------------------------- checks
-def _check_model_structure(
-    layout: InputLayout, config: MinerConfig, shapes: Sequence[tuple[int, ...]]
-) -> None:
-    """The level shapes must be those of the layout's pyramid with ``config.n_levels`` levels."""
-    if len(shapes) != config.n_levels:
-        raise ModelFormatError(f"{len(shapes)} levels, but the config has {config.n_levels}")
-    expected = level_shapes(layout.spatial_shape, config.n_levels)
-    for j, (shape, want) in enumerate(zip(shapes, expected, strict=True)):
-        if tuple(shape) != want:
-            raise ModelFormatError(f"level {j} has shape {tuple(shape)}, expected {want}")
-
-
-def _check_level_arrays(
-    j: int, arrays: dict[str, np.ndarray], layout: InputLayout, config: MinerConfig, grid: BlockGrid
-) -> None:
-    """The arrays of level ``j`` must fit the config's MLP sizes and the level's block grid."""
-    ids = arrays["block_ids"]
-    if ids.ndim != 1 or ids.dtype.kind != "i":
-        raise ModelFormatError(f"level {j}: block_ids must be a 1D integer array")
-    n = ids.shape[0]
-    if n and (ids[0] < 0 or ids[-1] >= grid.n_blocks or np.any(np.diff(ids) <= 0)):
-        raise ModelFormatError(
-            f"level {j}: block_ids must be sorted, unique and in [0, {grid.n_blocks})"
-        )
-    sizes = layer_sizes(grid.ndim, config.width_at(j), config.hidden_layers, layout.n_channels)
-    layers = sum(1 for name in arrays if name.startswith("weight_"))
-    if layers != len(sizes):
-        raise ModelFormatError(f"level {j} has {layers} layers, the config implies {len(sizes)}")
-    for index, (n_out, n_in) in enumerate(sizes):
-        for kind, want in (("weight", (n, n_out, n_in)), ("bias", (n, n_out, 1))):
-            array = arrays[f"{kind}_{index}"]
-            if array.shape != want or array.dtype.kind != "f" or array.dtype.itemsize != 4:
-                raise ModelFormatError(
-                    f"level {j}: {kind}_{index} has shape {array.shape} and dtype {array.dtype}, "
-                    f"expected {want} float32 (MLP width {config.width_at(j)}, "
-                    f"{layout.n_channels} channel(s), {n} MLPs)"
-                )
-
-
-# --------------------------------------------------------------------------------- encoding
-def _digest(array: np.ndarray) -> str:
-    """sha256 of the array's little-endian C-order bytes."""
-    data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
-    return hashlib.sha256(data.view(np.uint8).reshape(-1)).hexdigest()
-
-
-def _to_json(value: Any, what: str) -> Any:
-    """Plain JSON copy of ``value`` (numpy scalars converted, non-finite floats as strings)."""
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int | np.integer):
-        return int(value)
-    if isinstance(value, float | np.floating):
-        value = float(value)
-        if math.isnan(value):
-            return "NaN"
-        if math.isinf(value):
-            return "Infinity" if value > 0 else "-Infinity"
-        return value
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise ModelFormatError(f"cannot store {what}: key {key!r} is not a string")
-            out[key] = _to_json(item, what)
-        return out
-    if isinstance(value, list | tuple):
-        return [_to_json(item, what) for item in value]
-    if isinstance(value, np.ndarray):
-        return _to_json(value.tolist(), what)
-    raise ModelFormatError(
-        f"cannot store {what}: {type(value).__name__} value {value!r} is not plain JSON"
-    )
-
-
-def _from_json(value: Any) -> Any:
-    """Inverse of :func:`_to_json` (the strings of non-finite floats become floats again)."""
-    if isinstance(value, str):
-        return _NON_FINITE.get(value, value)
-    if isinstance(value, dict):
-        return {key: _from_json(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_from_json(item) for item in value]
-    return value
+        return load_legacy(listing, attributes)
+    return ModelStore.from_listing(listing, attributes).model()

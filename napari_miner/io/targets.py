@@ -36,7 +36,7 @@ import numpy as np
 
 from ..core.errors import InvalidInputError
 from ..core.layout import InputLayout
-from ..core.pyramid import level_shapes
+from ..core.pyramid import area_downsample_array, level_shapes
 
 if TYPE_CHECKING:
     import dask.array
@@ -93,11 +93,6 @@ class TargetLevel:
         return da.from_zarr(self.array)
 
 
-def _normalize_block(block: np.ndarray, value_min: np.float32, scale: np.float32) -> np.ndarray:
-    # identical, value for value, to InputLayout.normalize (float32 arithmetic throughout)
-    return (np.asarray(block, dtype=np.float32) - value_min) / scale
-
-
 def normalized(array: Any, layout: InputLayout) -> dask.array.Array:
     """The input mapped, lazily and chunk-wise, to the normalised ``(C, *spatial)`` float32 target.
 
@@ -135,28 +130,16 @@ def normalized(array: Any, layout: InputLayout) -> dask.array.Array:
         array = array[np.newaxis]
     else:
         array = da.moveaxis(array, layout.channel_axis, 0)
-    return array.map_blocks(
-        _normalize_block,
-        np.float32(layout.value_min),
-        np.float32(layout.value_scale),
-        dtype=np.float32,
-    )
+    return array.map_blocks(layout.normalize_values, dtype=np.float32)
 
 
 def _downsample_block(block: np.ndarray) -> np.ndarray:
-    """2×2 (2×2×2) box mean of a ``(C, *spatial)`` block; odd sides are edge-padded by one first.
+    """2×2 (2×2×2) area average of a ``(C, *spatial)`` chunk.
 
-    Only the last block along an axis can have an odd side, and that side ends at the array's
-    edge, so padding the block equals padding the whole array (as ``area_downsample`` does).
+    The one rule of :func:`~napari_miner.core.pyramid.area_downsample`: only the array's last
+    chunk along an axis can have an odd side, so padding the chunk equals padding the array.
     """
-    pad = [(0, 0)] + [(0, s % 2) for s in block.shape[1:]]
-    if any(p for _, p in pad):
-        block = np.pad(block, pad, mode="edge")
-    split: list[int] = [block.shape[0]]
-    for s in block.shape[1:]:
-        split += [s // 2, 2]
-    axes = tuple(range(2, 2 * block.ndim, 2))
-    return block.reshape(split).mean(axis=axes, dtype=np.float32)
+    return area_downsample_array(block, range(1, block.ndim))
 
 
 def _downsample(source: dask.array.Array, chunk: int) -> dask.array.Array:
@@ -234,7 +217,7 @@ def build_targets(
     directory : str or Path
         Working directory; the targets go to its ``targets`` subdirectory (created if needed).
     fingerprint : str
-        Identifies the input's content (e.g. :attr:`~napari_miner.io.source.InputStats.digest`);
+        Identifies the input's content (e.g. :attr:`~napari_miner.io.scan.InputStats.digest`);
         stored with every level, and stored levels with another fingerprint are rebuilt.
     chunk : int, optional
         Chunk side, in pixels along every spatial axis, of the stored levels (the channel axis
@@ -296,7 +279,9 @@ def build_targets(
         )
         below = targets[-1].array
         source = below if isinstance(below, da.Array) else da.from_zarr(below)
-        da.store(_downsample(source, chunk), stored, lock=False)
+        # in this thread: torch in dask's worker threads would start OpenMP teams of their own,
+        # after which OpenMP stops spinning between parallel regions and training slows ~30 %
+        da.store(_downsample(source, chunk), stored, lock=False, scheduler="synchronous")
         # written only once every chunk is on disk: marks the level as reusable
         stored.attrs.update({"complete": True})
         targets.append(TargetLevel(j, stored))

@@ -83,8 +83,9 @@ def test_gray_layer_data(stores):
     assert image_kwargs["contrast_limits"] == list(model.value_range)
     assert [level.shape for level in image] == [model.decoded_shape(j) for j in range(3)]
     np.testing.assert_allclose(image[0].compute(), model.decode(0), atol=1e-5)
-    # the pyramid is lazy and named from the model (same store, same dask keys)
-    assert [level.name for level in image] == [level.name for level in model.as_pyramid()]
+    # the pyramid is lazy and named from the stored model (same store, same dask keys)
+    again = napari_miner.load(path).as_pyramid()
+    assert [level.name for level in image] == [level.name for level in again]
 
     expected, scale, translate = active_block_labels(model)
     assert labels_kwargs["name"] == "gray · MINER active blocks"

@@ -7,14 +7,14 @@ import warnings
 
 import numpy as np
 import pytest
-from napari_test_helpers import click as _click
-from napari_test_helpers import make_widget, wait_idle
 from qtpy.QtCore import QThreadPool
 from skimage import data as skdata
 from skimage.transform import resize
+from widget_helpers import click as _click
+from widget_helpers import make_widget, wait_idle
 
 from napari_miner import MinerConfig, load
-from napari_miner._napari.widget import MinerWidget
+from napari_miner._napari.widget import PBAR_STEPS, MinerWidget
 
 pytestmark = pytest.mark.viewer
 
@@ -43,8 +43,8 @@ def astronaut64() -> np.ndarray:
 
 def _wait_step(qtbot, widget, level=None, timeout=20_000) -> None:
     def ok():
-        s = widget.last_status
-        return s is not None and s.step > 0 and (level is None or s.level == level)
+        p = widget.progress
+        return p is not None and p.step > 0 and (level is None or p.level == level)
 
     qtbot.waitUntil(ok, timeout=timeout)
 
@@ -79,11 +79,11 @@ def _notifications(monkeypatch) -> list[str]:
 
 # ------------------------------------------------------------- worker (no GUI needed)
 def _run_messages(image, config, handle_frames: bool, **kwargs):
-    from napari_miner._napari._worker import FitControl, LevelData, fit_messages
+    from napari_miner._napari._worker import FitControl, FitRequest, LevelData, fit_messages
 
     control = FitControl()
     messages = []
-    for message in fit_messages(image, config, "cpu", False, control, **kwargs):
+    for message in fit_messages(FitRequest(image, config, "cpu", rgb=False), control, **kwargs):
         messages.append(message)
         if handle_frames and isinstance(message, LevelData) and message.kind == "preview":
             control.frame_handled()
@@ -104,33 +104,56 @@ def test_worker_messages_are_throttled(camera64):
     elapsed = time.monotonic() - t0
     statuses = [m for m in messages if isinstance(m, Status)]
     previews = [m for m in messages if isinstance(m, LevelData) and m.kind == "preview"]
+    starts = [m for m in messages if isinstance(m, LevelData) and m.kind == "start"]
     finals = [m for m in messages if isinstance(m, LevelData) and m.kind == "final"]
     # 450 Progress events: statuses at most every 0.25 s (plus 2 per level: start and finish)
     assert len(statuses) <= elapsed / 0.25 + 2 * 3 + 1
     assert len(previews) <= elapsed / 0.5 + 3 + 1
     assert [m.level for m in finals] == [2, 1, 0]
-    # every Progress point reaches the plot even though statuses are throttled
-    assert isinstance(messages[-1], Done) and not messages[-1].stopped
-    steps = sum(level.stats["steps"] for level in messages[-1].model.levels)
+    assert [m.level for m in starts] == [1, 0]  # the coarser estimate, upsampled
+    # every PSNR point reaches the plot even though statuses are throttled
+    done = messages[-1]
+    assert isinstance(done, Done) and not done.stopped and done.progress.finished
+    steps = sum(level.stats["steps"] for level in done.model.levels)
     assert sum(len(s.history) for s in statuses) == steps + 3  # + each level's final PSNR
-    np.testing.assert_array_equal(finals[-1].data, messages[-1].model.decode(0))
+    assert [s.progress.level for s in statuses][-1] == 0
+    np.testing.assert_array_equal(finals[-1].data, done.model.decode(0))
+    np.testing.assert_array_equal(starts[-1].data.shape, camera64.shape)
 
 
 def test_worker_never_queues_more_than_one_preview(camera64):
-    from napari_miner._napari._worker import LevelData, block_labels
+    from napari_miner._napari._worker import Done, LevelData, Status
+    from napari_miner.core.overlay import active_block_labels
 
     config = MinerConfig(n_levels=3, block_size=8, max_steps=60, **LONG)
     messages = _run_messages(camera64, config, handle_frames=False, refresh_interval_s=0.0)
     previews = [m for m in messages if isinstance(m, LevelData) and m.kind == "preview"]
     assert len(previews) == 1  # the GUI never handled it, so no second one was decoded
-    # the live overlay rule equals the model's (finest level with an MLP wins)
-    from napari_miner.core.overlay import active_block_labels
+    # the live overlay ends as the model's (finest level with an MLP wins)
+    done = messages[-1]
+    assert isinstance(done, Done)
+    overlays = [m.labels for m in messages if isinstance(m, Status) and m.labels is not None]
+    np.testing.assert_array_equal(overlays[-1], active_block_labels(done.model)[0])
+    np.testing.assert_array_equal(done.labels, overlays[-1])
 
-    model = messages[-1].model
-    masks = {j: level.active_mask() for j, level in enumerate(model.levels)}
-    np.testing.assert_array_equal(
-        block_labels(masks, model.levels[0].grid.grid_shape), active_block_labels(model)[0]
+
+def test_outcome_text_says_whether_the_target_was_reached():
+    from napari_miner.fitting.progress import FitProgress
+
+    progress = FitProgress(n_levels=3, max_steps=10, grid0=(2, 2))
+    progress.finished, progress.reason, progress.psnr, progress.elapsed_s = (
+        True,
+        "completed",
+        38.214,
+        2.0,
     )
+    text = progress.describe()
+    assert text.startswith("done (completed: target 40 dB not reached) · PSNR 38.21 dB"), text
+    progress.reason = "target"
+    assert progress.describe().startswith("done (target reached) · PSNR 38.21 dB")
+    progress.reason, progress.iou, progress.target_iou = "completed", 0.95, 0.99
+    text = progress.describe()
+    assert "done (completed: target 40 dB or IoU 0.99 not reached)" in text and "IoU 0.950" in text
 
 
 # ------------------------------------------------------------------------------ form
@@ -142,23 +165,23 @@ def test_input_selector_and_defaults(make_napari_viewer):
     viewer.add_points([[1, 1]], name="points")
     viewer.add_image(np.zeros((16, 16)), name="a")
     widget = _widget(viewer)
-    assert widget.input_choices() == ["a"]
+    assert widget.inputs.input_choices() == ["a"]
     viewer.add_image(np.zeros((16, 16, 3), dtype=np.uint8), name="b", rgb=True)
-    assert widget.input_choices() == ["a", "b"]
-    assert widget.selected_layer().name == "a"  # the choice is kept
+    assert widget.inputs.input_choices() == ["a", "b"]
+    assert widget.inputs.selected_layer().name == "a"  # the choice is kept
     viewer.layers["a"].name = "renamed"
-    assert widget.input_choices() == ["renamed", "b"]
+    assert widget.inputs.input_choices() == ["renamed", "b"]
     viewer.layers.remove("renamed")
-    assert widget.input_choices() == ["b"]
-    assert widget.selected_layer().name == "b"
+    assert widget.inputs.input_choices() == ["b"]
+    assert widget.inputs.selected_layer().name == "b"
 
     # the form starts at MinerConfig's defaults (the test helper changed three of them)
     fresh = MinerWidget(viewer)
     defaults = MinerConfig()
     assert fresh.config() == defaults
     fresh.deleteLater()
-    cuda_item = widget.device_combo.model().item(2)
-    assert widget.device_combo.itemText(2) == "cuda"
+    cuda_item = widget.inputs.device_combo.model().item(2)
+    assert widget.inputs.device_combo.itemText(2) == "cuda"
     assert cuda_item.isEnabled() == torch.cuda.is_available()
 
 
@@ -169,15 +192,21 @@ def test_unavailable_cuda_and_bad_settings_notify(make_napari_viewer, monkeypatc
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((32, 32), dtype=np.float32), name="img")
     widget = _widget(viewer)
-    monkeypatch.setattr(widget_module, "_cuda_available", lambda: False)
-    widget.device_combo.setCurrentText("cuda")
+    monkeypatch.setattr(widget_module, "cuda_available", lambda: False)
+    widget.inputs.device_combo.setCurrentText("cuda")
     assert not widget.start()
     assert "CUDA is not available" in messages[-1]
-    widget.device_combo.setCurrentText("cpu")
-    widget.config_overrides = {"lr_decay": 2.0}
+    widget.inputs.device_combo.setCurrentText("cpu")
+    # an invalid combination is a message under the form, and no fit
+    assert widget.settings.error_label.isHidden()
+    widget.settings.set_values(target_iou=0.99)  # needs iou_threshold
+    assert not widget.settings.error_label.isHidden()
+    assert "target_iou needs iou_threshold" in widget.settings.error_label.text()
     assert not widget.start()
-    assert "lr_decay" in messages[-1]
+    assert "target_iou" in messages[-1]
     assert not widget.running and widget.fit_button.text() == "Fit"
+    widget.settings.set_values(iou_threshold=0.5)
+    assert widget.settings.error_label.isHidden()
 
 
 # ---------------------------------------------------------------------------- fitting
@@ -199,7 +228,8 @@ def test_fit_shows_live_levels_overlay_and_final_model(
     monkeypatch.setattr(_live_layers.LiveLayers, "show_overlay", record)
     _click(qtbot, widget.fit_button)
     assert widget.running and widget.fit_button.text() == "Stop"
-    assert not widget.save_button.isEnabled()
+    assert not widget.results.save_button.isEnabled()
+    assert not widget.settings.isEnabled() and not widget.inputs.isEnabled()
     names = [f"cam · MINER level {j}" for j in range(3)]
     qtbot.waitUntil(lambda: all(n in viewer.layers for n in names), timeout=20_000)
     qtbot.waitUntil(lambda: "cam · MINER active blocks" in viewer.layers, timeout=20_000)
@@ -207,10 +237,13 @@ def test_fit_shows_live_levels_overlay_and_final_model(
 
     model = widget.model
     assert model is not None and model.shape == camera64.shape
-    assert widget.save_button.isEnabled() and widget.fit_button.text() == "Fit"
-    assert not widget.mesh_button.isEnabled()  # meshes are for volumes
-    assert "done" in widget.status_label.text()
-    assert "IoU" not in widget.status_label.text()
+    assert widget.results.save_button.isEnabled() and widget.fit_button.text() == "Fit"
+    assert widget.settings.isEnabled() and widget.inputs.isEnabled()
+    assert not widget.results.mesh_button.isEnabled()  # meshes are for volumes
+    status = widget.status_label.text()
+    assert status == widget.progress.describe(), status
+    assert status.startswith(("done (target reached)", "done (completed: target 40 dB not")), status
+    assert "IoU" not in status
     assert viewer.dims.ndisplay == 2
     # the overlay was drawn while training, before the model existed
     assert any(before_done for before_done, _ in overlays)
@@ -234,14 +267,14 @@ def test_fit_shows_live_levels_overlay_and_final_model(
     assert viewer.layers[-1] is overlay or viewer.layers[-1].name == overlay.name
     # progress line, plot and progress bar
     assert widget.plot.points and all(np.isfinite(widget.plot.ys))
-    assert widget.last_status.level == 0
+    assert widget.progress.level == 0 and widget.progress.finished
     assert widget._pbar is None  # closed
-    assert 0 < widget._pbar_value <= 3 * 30  # never past the total (levels x max steps)
+    assert widget._pbar_value == PBAR_STEPS  # the whole fit
     # Save model… writes <layer>.miner.zarr
-    assert widget.default_save_name() == "cam.miner.zarr"
+    assert widget.results.default_save_name() == "cam.miner.zarr"
     target = tmp_path / "cam.miner.zarr"
-    monkeypatch.setattr(widget, "ask_save_path", lambda default: str(target))
-    _click(qtbot, widget.save_button)
+    monkeypatch.setattr(widget.results, "ask_save_path", lambda default: str(target))
+    _click(qtbot, widget.results.save_button)
     np.testing.assert_array_equal(load(target).decode(0), model.decode(0))
 
 
@@ -259,10 +292,11 @@ def test_stop_mid_fit_keeps_a_usable_partial_model(make_napari_viewer, qtbot, ca
     assert model.decode(0).shape == camera64.shape
     assert model.levels[2].n_mlps > 0 and model.levels[1].n_mlps > 0
     assert model.levels[0].n_mlps == 0  # never reached
-    assert widget.save_button.isEnabled()
-    assert widget.last_status.step < 100_000
+    assert widget.results.save_button.isEnabled()
+    assert widget.progress.step < 100_000 and not widget.progress.finished
     assert "cam · MINER" in viewer.layers
-    assert widget.save(str(tmp_path / "partial")) == str(tmp_path / "partial.miner.zarr")
+    saved = widget.results.save(str(tmp_path / "partial"))
+    assert saved == str(tmp_path / "partial.miner.zarr")
     assert load(tmp_path / "partial.miner.zarr").n_levels == 3
 
 
@@ -275,14 +309,14 @@ def test_pause_and_resume(make_napari_viewer, qtbot, camera64):
     _click(qtbot, widget.pause_button)
     assert widget.paused and widget.pause_button.text() == "Resume"
     qtbot.wait(400)  # let an update already in flight arrive
-    paused_at = (widget.last_status.level, widget.last_status.step)
+    paused_at = (widget.progress.level, widget.progress.step)
     qtbot.wait(800)
-    assert (widget.last_status.level, widget.last_status.step) == paused_at
+    assert (widget.progress.level, widget.progress.step) == paused_at
     assert "paused" in widget.status_label.text()
     _click(qtbot, widget.pause_button)
     assert not widget.paused and widget.pause_button.text() == "Pause"
     qtbot.waitUntil(
-        lambda: (widget.last_status.level, widget.last_status.step) != paused_at, timeout=10_000
+        lambda: (widget.progress.level, widget.progress.step) != paused_at, timeout=10_000
     )
     _click(qtbot, widget.pause_button)  # pause again, then stop while paused
     assert widget.paused
@@ -292,12 +326,12 @@ def test_pause_and_resume(make_napari_viewer, qtbot, camera64):
 
 
 def test_training_error_becomes_a_notification(make_napari_viewer, qtbot, camera64, monkeypatch):
-    import napari_miner.core.trainer as trainer
+    import napari_miner.core.training as training
 
     def boom(*args, **kwargs):
         raise RuntimeError("boom from torch")
 
-    monkeypatch.setattr(trainer, "bank_sse_and_grads", boom)
+    monkeypatch.setattr(training, "bank_sse_and_grads", boom)
     messages = _notifications(monkeypatch)
     viewer = make_napari_viewer()
     viewer.add_image(camera64, name="cam")
@@ -307,9 +341,9 @@ def test_training_error_becomes_a_notification(make_napari_viewer, qtbot, camera
     assert any("boom from torch" in m for m in messages), messages
     assert widget.fit_button.text() == "Fit" and widget.fit_button.isEnabled()
     assert not widget.pause_button.isEnabled()
-    assert widget.levels_spin.isEnabled()
+    assert widget.settings.isEnabled()
     assert "failed" in widget.status_label.text()
-    assert widget.model is None and not widget.save_button.isEnabled()
+    assert widget.model is None and not widget.results.save_button.isEnabled()
 
 
 def _start_endless_fit(make_napari_viewer, qtbot, image):
@@ -319,7 +353,7 @@ def _start_endless_fit(make_napari_viewer, qtbot, image):
     widget = _widget(viewer, steps=100_000, **LONG)
     _click(qtbot, widget.fit_button)
     _wait_step(qtbot, widget)
-    return viewer, widget, widget.worker, widget._control
+    return viewer, widget, widget.fit.worker, widget.fit.control
 
 
 def test_closing_the_viewer_stops_the_worker(make_napari_viewer, qtbot, camera64):
@@ -327,7 +361,7 @@ def test_closing_the_viewer_stops_the_worker(make_napari_viewer, qtbot, camera64
     viewer.close()
     assert control.done.is_set()  # the generator ended (its thread is free)
     assert not worker.is_running
-    assert widget.worker is None
+    assert widget.fit is None and not widget.running
     assert QThreadPool.globalInstance().waitForDone(5000)
     assert QThreadPool.globalInstance().activeThreadCount() == 0
 
@@ -452,22 +486,22 @@ def test_fit_from_a_zarr_path_out_of_core(make_napari_viewer, qtbot, tmp_path):
     import dask.array as da
     import zarr
 
-    from napari_miner._napari.widget import default_store_path
+    from napari_miner._napari._inputs import default_store_path
 
     image = skdata.camera()[::4, ::4].copy()  # 128x128: 16x16 blocks of 8, 4 tiles at level 0
     source = tmp_path / "cam.zarr"
     zarr.create_array(str(source), data=image, chunks=(32, 32))
     viewer = make_napari_viewer(show=True)
     widget = _widget(viewer, steps=40)
-    widget.path_edit.setText(str(source))
-    assert not widget.input_combo.isEnabled()  # the path replaces the layer selector
-    assert widget.store_edit.placeholderText() == str(tmp_path / "cam.miner.zarr")
-    widget.budget_edit.setText("4MB")
+    widget.inputs.path_edit.setText(str(source))
+    assert not widget.inputs.input_combo.isEnabled()  # the path replaces the layer selector
+    assert widget.inputs.store_edit.placeholderText() == str(tmp_path / "cam.miner.zarr")
+    widget.inputs.budget_edit.setText("4MB")
     _click(qtbot, widget.fit_button)
     names = [f"cam.zarr · MINER level {j}" for j in range(3)]
     _wait_idle(qtbot, widget, timeout=60_000)
     assert "done" in widget.status_label.text(), widget.status_label.text()
-    assert widget.last_status.tiles == (4, 4)  # level 0 came tile by tile
+    assert (widget.progress.tiles_done, widget.progress.n_tiles) == (4, 4)  # tile by tile
     model = widget.model
     assert model.metadata["fit_status"] == "complete"
     np.testing.assert_array_equal(load(default_store_path(str(source))).decode(), model.decode())
@@ -485,13 +519,13 @@ def test_fit_from_a_zarr_path_out_of_core(make_napari_viewer, qtbot, tmp_path):
 
 
 def test_a_bad_zarr_path_is_reported(make_napari_viewer, qtbot, tmp_path, monkeypatch):
-    from napari_miner._napari import widget as widget_module
+    from napari_miner._napari import _inputs
 
     errors = []
     monkeypatch.setattr("napari.utils.notifications.show_error", errors.append)
     viewer = make_napari_viewer()
     widget = _widget(viewer)
-    widget.path_edit.setText(str(tmp_path / "missing.zarr"))
+    widget.inputs.path_edit.setText(str(tmp_path / "missing.zarr"))
     assert not widget.start()
     assert errors and "missing.zarr: no such file or directory" in errors[0]
-    assert widget_module.default_store_path("/data/slide.ome.zarr/") == "/data/slide.miner.zarr"
+    assert _inputs.default_store_path("/data/slide.ome.zarr/") == "/data/slide.miner.zarr"

@@ -7,11 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from miner_test_data import intensity_volume, spheres
-from napari_test_helpers import click as _click
-from napari_test_helpers import make_widget, wait_idle
+from widget_helpers import click as _click
+from widget_helpers import make_widget, wait_idle
 
 from napari_miner import MinerConfig
-from napari_miner._napari.widget import MinerWidget, binary_range
+from napari_miner._napari._inputs import binary_range
+from napari_miner._napari.widget import MinerWidget
 from napari_miner.core.overlay import active_block_labels
 
 pytestmark = pytest.mark.viewer
@@ -43,13 +44,14 @@ def _record_statuses(widget, monkeypatch) -> list[str]:
 
 
 def _add_mesh(qtbot, widget, name):
-    assert widget.mesh_button.isEnabled()
-    assert widget.add_mesh()  # what the button does; no events handled before the checks below
-    assert widget.mesh_busy and not widget.mesh_button.isEnabled()
+    results = widget.results
+    assert results.mesh_button.isEnabled()
+    assert results.add_mesh()  # what the button does; no events handled before the checks below
+    assert results.mesh_busy and not results.mesh_button.isEnabled()
     assert "extracting the mesh" in widget.status_label.text()
     assert not widget.fit_button.isEnabled()
-    qtbot.waitUntil(lambda: not widget.mesh_busy, timeout=20_000)
-    assert widget.mesh_button.isEnabled() and widget.fit_button.isEnabled()
+    qtbot.waitUntil(lambda: not results.mesh_busy, timeout=20_000)
+    assert results.mesh_button.isEnabled() and widget.fit_button.isEnabled()
     return widget.viewer.layers[name]
 
 
@@ -95,51 +97,66 @@ def test_volume_input_switches_the_form_defaults(make_napari_viewer):
     viewer.add_image(intensity_volume((16, 16, 16)), name="intensity")
     viewer.add_image(np.zeros((16, 16, 3), np.uint8), name="rgb", rgb=True)
     widget = MinerWidget(viewer)
-    form = lambda: (  # noqa: E731
-        widget.block_spin.value(),
-        widget.width_spin.value(),
-        widget.steps_spin.value(),
-    )
-    assert widget.selected_layer().name == "img"
+    fields = widget.settings.fields
+    form = lambda: tuple(fields[n].value for n in ("block_size", "hidden_width", "max_steps"))  # noqa: E731
+    assert widget.inputs.selected_layer().name == "img"
     assert widget.config() == MinerConfig()
-    widget.input_combo.setCurrentText("occ")
+    widget.inputs.input_combo.setCurrentText("occ")
     assert form() == (16, 20, 2000)
     config = widget.config()
     assert config == MinerConfig.for_volume(occupancy=True)
     assert config.iou_threshold == 0.5 and config.target_iou == 0.99
-    widget.input_combo.setCurrentText("intensity")
+    widget.inputs.input_combo.setCurrentText("intensity")
     assert widget.config() == MinerConfig.for_volume(occupancy=False)
-    widget.input_combo.setCurrentText("rgb")  # an RGB image is 2D
+    widget.inputs.input_combo.setCurrentText("rgb")  # an RGB image is 2D
     assert form() == (32, 18, 500) and widget.config() == MinerConfig()
-    widget.input_combo.setCurrentText("img")
+    widget.inputs.input_combo.setCurrentText("img")
     assert widget.config() == MinerConfig()
 
     # values edited by hand survive switching
-    widget.width_spin.setValue(33)
-    widget.input_combo.setCurrentText("occ")
+    fields["hidden_width"].value = 33
+    widget.inputs.input_combo.setCurrentText("occ")
     assert form() == (16, 33, 2000)
-    widget.steps_spin.setValue(123)
-    widget.input_combo.setCurrentText("img")
+    fields["max_steps"].value = 123
+    widget.inputs.input_combo.setCurrentText("img")
     assert form() == (32, 33, 123)
     assert widget.config() == MinerConfig(hidden_width=33, max_steps=123)
 
     # the selected volume removed: the next input (2D) brings the 2D defaults back
-    widget.width_spin.setValue(18)
-    widget.steps_spin.setValue(500)
-    widget.input_combo.setCurrentText("occ")
+    fields["hidden_width"].value = 18
+    fields["max_steps"].value = 500
+    widget.inputs.input_combo.setCurrentText("occ")
     viewer.layers.remove("img")
     viewer.layers.remove("occ")
-    assert widget.selected_layer().name == "intensity" and form() == (16, 20, 2000)
+    assert widget.inputs.selected_layer().name == "intensity" and form() == (16, 20, 2000)
     viewer.layers.remove("intensity")
-    assert widget.selected_layer().name == "rgb" and form() == (32, 18, 500)
+    assert widget.inputs.selected_layer().name == "rgb" and form() == (32, 18, 500)
 
     # a widget opened on a volume starts with the volume defaults
     viewer.add_image(spheres(16), name="vol")
     viewer.layers.remove("rgb")
     fresh = MinerWidget(viewer)
     assert fresh.config() == MinerConfig.for_volume()
-    assert not fresh.mesh_button.isEnabled()
+    assert not fresh.results.mesh_button.isEnabled()
     fresh.deleteLater()
+
+
+def test_a_volume_path_switches_the_form_defaults(make_napari_viewer, tmp_path):
+    import zarr
+
+    zarr.create_array(str(tmp_path / "occ.zarr"), data=spheres(16), chunks=(8, 8, 8))
+    viewer = make_napari_viewer()
+    widget = MinerWidget(viewer)
+    assert widget.config() == MinerConfig()
+    widget.inputs.path_edit.setText(str(tmp_path / "occ"))  # typing: nothing opened yet
+    assert widget.config() == MinerConfig()
+    widget.inputs.path_edit.setText(str(tmp_path / "occ.zarr"))
+    widget.inputs.path_edit.editingFinished.emit()  # entered
+    assert widget.config() == MinerConfig.for_volume(occupancy=True)
+    widget.inputs.path_edit.setText("")  # no input at all: the form stays as it is
+    widget.inputs.path_edit.editingFinished.emit()
+    assert widget.config() == MinerConfig.for_volume(occupancy=True)
+    widget.deleteLater()
 
 
 # --------------------------------------------------------------------------- fitting
@@ -151,16 +168,16 @@ def test_fit_occupancy_volume_in_3d_and_add_mesh(make_napari_viewer, qtbot, monk
     widget = _widget(viewer)
     texts = _record_statuses(widget, monkeypatch)
     assert widget.config().iou_threshold == 0.5
-    assert not widget.mesh_button.isEnabled()
+    assert not widget.results.mesh_button.isEnabled()
     assert viewer.dims.ndisplay == 2
     _click(qtbot, widget.fit_button)
     assert viewer.dims.ndisplay == 3  # switched when the fit starts
-    assert not widget.mesh_button.isEnabled()
+    assert not widget.results.mesh_button.isEnabled()
     _wait_idle(qtbot, widget)
 
     model = widget.model
     status = widget.status_label.text()
-    assert "done" in status and "IoU" in status, status
+    assert status.startswith("done (") and "IoU" in status, status
     assert any(" · IoU 0." in t or " · IoU 1.000" in t for t in texts), texts
     assert viewer.dims.ndisplay == 3
     # level layers: 3D volumes, iso surfaces at the middle of the value range, in place
@@ -187,7 +204,7 @@ def test_fit_occupancy_volume_in_3d_and_add_mesh(make_napari_viewer, qtbot, monk
     np.testing.assert_allclose(overlay.scale, 8 * scale)
 
     # Add mesh: a Surface layer in the input's world coordinates
-    assert widget.mesh_button.isEnabled()
+    assert widget.results.mesh_button.isEnabled()
     surface = _add_mesh(qtbot, widget, "occ · MINER mesh")
     vertices, faces = surface.data[0], surface.data[1]
     assert len(faces) > 0 and surface.ndim == 3
@@ -249,9 +266,9 @@ def test_stopped_intensity_volume(make_napari_viewer, qtbot, monkeypatch):
     qtbot.waitUntil(lambda: len(texts) > 0, timeout=20_000)
     viewer.dims.ndisplay = 2  # the user goes back to 2D: the widget leaves it so
     qtbot.waitUntil(
-        lambda: widget.last_status is not None and widget.last_status.level == 1, timeout=20_000
+        lambda: widget.progress is not None and widget.progress.level == 1, timeout=20_000
     )
-    assert widget.last_status.iou is None
+    assert widget.progress.iou is None
     _click(qtbot, widget.fit_button)  # Stop
     _wait_idle(qtbot, widget)
     assert viewer.dims.ndisplay == 2
@@ -276,11 +293,11 @@ def test_stopped_intensity_volume(make_napari_viewer, qtbot, monkeypatch):
         raise InvalidInputError(f"no surface at threshold {threshold}")
 
     monkeypatch.setattr(mesh_module, "extract_mesh", no_surface)
-    _click(qtbot, widget.mesh_button)
-    qtbot.waitUntil(lambda: not widget.mesh_busy, timeout=20_000)
+    _click(qtbot, widget.results.mesh_button)
+    qtbot.waitUntil(lambda: not widget.results.mesh_busy, timeout=20_000)
     assert any("no surface at threshold 0.5" in m for m in messages), messages
     assert "no mesh" in widget.status_label.text()
-    assert widget.mesh_button.isEnabled() and widget.fit_button.isEnabled()
+    assert widget.results.mesh_button.isEnabled() and widget.fit_button.isEnabled()
     assert surface in viewer.layers  # the earlier mesh stays
 
     # closing the viewer during an extraction waits for it and drops its result
@@ -296,10 +313,10 @@ def test_stopped_intensity_volume(make_napari_viewer, qtbot, monkeypatch):
 
     monkeypatch.setattr(mesh_module, "extract_mesh", slow)
     messages.clear()
-    assert widget.add_mesh() and widget.mesh_busy
+    assert widget.results.add_mesh() and widget.results.mesh_busy
     assert QApplication.overrideCursor() is not None  # busy cursor while extracting
     threading.Timer(0.3, release.set).start()
     viewer.close()
-    assert not widget.mesh_busy and QApplication.overrideCursor() is None
+    assert not widget.results.mesh_busy and QApplication.overrideCursor() is None
     qtbot.wait(100)
     assert not messages

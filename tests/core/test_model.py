@@ -2,10 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+import napari_miner as nm
 from napari_miner.core.config import MinerConfig
 from napari_miner.core.errors import InvalidInputError
-from napari_miner.core.layout import inspect_input
-from napari_miner.core.trainer import MinerTrainer
 
 
 @pytest.fixture(scope="module")
@@ -16,11 +15,8 @@ def model():
         [np.sin(y / 7.0) * np.cos(x / 5.0), rng.random((75, 93)), np.hypot(y - 30, x - 40) / 60], -1
     )
     image = (image - image.min()) / np.ptp(image)
-    layout = inspect_input(image.astype(np.float32))
     config = MinerConfig(n_levels=3, block_size=8, max_steps=15)
-    trainer = MinerTrainer(layout.normalize(image), layout, config, torch.device("cpu"))
-    *_, done = trainer.run()
-    return done.model
+    return nm.fit(image.astype(np.float32), config, device="cpu")
 
 
 def test_decode_shapes_follow_the_levels(model):
@@ -69,3 +65,13 @@ def test_decode_returns_input_dtype_and_range(model):
 def test_bad_decode_requests_are_explained(model, kwargs, message):
     with pytest.raises(InvalidInputError, match=message):
         model.decode(**kwargs)
+
+
+def test_gather_memory_follows_the_query_not_the_grid(model):
+    level = model.levels[0]
+    ids = level.block_ids[:3]
+    present, weights, _ = level.gather(torch.cat([ids, torch.tensor([10**12])]))
+    assert present.tolist() == [True, True, True, False]
+    assert weights[0].shape[0] == 3
+    for got, expected in zip(weights, level.weights, strict=True):
+        assert torch.equal(got, expected[:3])

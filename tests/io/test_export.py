@@ -9,7 +9,8 @@ import zarr
 from miner_test_data import intensity_volume, smooth
 
 import napari_miner as nm
-from napari_miner.io.export import OutputExistsError, default_chunks, export_ome_zarr
+from napari_miner.core.errors import OutputExistsError
+from napari_miner.io.export import default_chunks, export_ome_zarr
 
 TINY = nm.MinerConfig(n_levels=3, block_size=8, max_steps=20)
 

@@ -202,13 +202,16 @@ def test_names_depend_on_the_model_only(models, tmp_path):
     again = [level.name for level in dask_pyramid(model, chunk_blocks=2, min_side=3)]
     assert again == names
 
-    # the same model, saved and loaded, gives the same names
+    # a model read from a store: named by the store and its tiles' checksums, every time alike
     path = tmp_path / "gray.miner.zarr"
     model.save(path)
     from napari_miner import load
 
-    loaded = load(path)
-    assert [lv.name for lv in dask_pyramid(loaded, chunk_blocks=2, min_side=3)] == names
+    stored = [lv.name for lv in dask_pyramid(load(path), chunk_blocks=2, min_side=3)]
+    assert [lv.name for lv in dask_pyramid(load(path), chunk_blocks=2, min_side=3)] == stored
+    models["rgb"].save(path)  # another model in the same place: other names
+    changed = [lv.name for lv in dask_pyramid(load(path), chunk_blocks=2, min_side=3)]
+    assert not set(changed) & set(stored)
 
     # other chunking, other keys (a chunk key must always mean the same pixels)
     base = dask_pyramid(model, chunk_blocks=2, min_side=3)

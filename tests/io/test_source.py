@@ -9,7 +9,8 @@ import pytest
 import zarr
 
 from napari_miner.core.errors import InvalidInputError
-from napari_miner.io.source import InputSource, InputStats, open_input, scan_input
+from napari_miner.io.scan import InputStats, scan_input
+from napari_miner.io.source import InputSource, open_input
 
 
 def _write(path: Path, data: np.ndarray, *, fmt: int = 2, chunks=(8, 8)) -> zarr.Array:
@@ -173,12 +174,70 @@ def test_not_a_store(tmp_path):
     with pytest.raises(
         InvalidInputError,
         match=r"plain is not a zarr store: it is a directory without zarr metadata "
-        r"\(\.zarray, \.zgroup or zarr\.json\)",
+        r"\(\.zarray, \.zgroup or zarr\.json\); supported inputs are zarr arrays, .*\.npy "
+        r"files and image files \(\.png, \.tif",
     ):
         open_input(tmp_path / "plain")
-    (tmp_path / "image.tif").write_bytes(b"II*\x00")
-    with pytest.raises(InvalidInputError, match=r"image\.tif is not a zarr store: it is a file"):
+    (tmp_path / "image.tif").write_bytes(b"II*\x00")  # a truncated TIFF
+    with pytest.raises(
+        InvalidInputError, match=r"cannot read .*image\.tif as an image \(.*supported inputs are"
+    ):
         open_input(tmp_path / "image.tif")
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(InvalidInputError, match=r"notes\.txt as an image .*\.npy files"):
+        open_input(tmp_path / "notes.txt")
+
+
+# ------------------------------------------------------------------------------------- files
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_image_file(tmp_path, suffix):
+    from skimage import io as skio
+
+    rgb = np.arange(12 * 10 * 3, dtype=np.uint8).reshape(12, 10, 3)
+    skio.imsave(str(tmp_path / f"rgb{suffix}"), rgb, check_contrast=False)
+    source = open_input(tmp_path / f"rgb{suffix}")
+    assert isinstance(source.array, da.Array)
+    assert source.name == f"rgb{suffix}" and source.path == str(tmp_path / f"rgb{suffix}")
+    assert source.channel_axis is None and not source.is_ome and source.component is None
+    np.testing.assert_array_equal(source.array.compute(), rgb)
+
+
+def test_multipage_tiff_is_a_volume(tmp_path):
+    import tifffile
+
+    volume = np.arange(7 * 6 * 5, dtype=np.uint16).reshape(7, 6, 5)
+    tifffile.imwrite(tmp_path / "stack.tif", volume, photometric="minisblack")
+    source = open_input(str(tmp_path / "stack.tif"))
+    np.testing.assert_array_equal(source.array.compute(), volume)
+
+
+def test_npy_file_is_memory_mapped_and_read_lazily(tmp_path, data):
+    np.save(tmp_path / "data.npy", data)
+    before = _snapshot(tmp_path)
+    source = open_input(tmp_path / "data.npy")
+    assert isinstance(source.array, da.Array)
+    assert source.name == "data.npy" and source.path == str(tmp_path / "data.npy")
+    assert source.channel_axis is None and source.component is None
+    np.testing.assert_array_equal(source.array[5:9].compute(), data[5:9])
+    assert _snapshot(tmp_path) == before  # never written to
+
+
+def test_bad_files(tmp_path):
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(InvalidInputError, match=r"cannot read .*objects\.npy as a \.npy array"):
+        open_input(tmp_path / "objects.npy")
+    (tmp_path / "broken.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(InvalidInputError, match=r"broken\.npy as a \.npy array"):
+        open_input(tmp_path / "broken.npy")
+    np.save(tmp_path / "empty.npy", np.zeros((0, 3)))
+    with pytest.raises(InvalidInputError, match=r"empty\.npy: input is empty"):
+        open_input(tmp_path / "empty.npy")
+    np.save(tmp_path / "text.npy", np.array([["a", "b"]]))
+    with pytest.raises(InvalidInputError, match=r"text\.npy: dtype <U1 is not supported"):
+        open_input(tmp_path / "text.npy")
+    np.save(tmp_path / "ok.npy", np.ones((4, 4)))
+    with pytest.raises(InvalidInputError, match="only applies to zarr stores, not to the file"):
+        open_input(tmp_path / "ok.npy", component="a")
 
 
 def test_corrupt_metadata(tmp_path):

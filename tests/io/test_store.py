@@ -12,7 +12,8 @@ import zarr
 from miner_test_data import smooth
 
 import napari_miner as nm
-from napari_miner.io import store
+from napari_miner.io import atomic, store
+from napari_miner.io.stored_level import StoredLevel
 
 TINY = nm.MinerConfig(n_levels=3, block_size=8, max_steps=20)
 
@@ -37,22 +38,33 @@ def gray_model(models):
     return models["gray"]
 
 
+def _all_mlps(level):
+    present, weights, biases = level.gather(torch.arange(level.grid.n_blocks))
+    return present, weights, biases
+
+
 def _assert_same_model(loaded, model):
     assert isinstance(loaded, nm.MinerModel)
     assert loaded.config == model.config
     assert loaded.layout == model.layout
     assert loaded.n_parameters == model.n_parameters
-    assert loaded.metadata == model.metadata
+    assert {k: v for k, v in loaded.metadata.items() if k != "fit_status"} == {
+        k: v for k, v in model.metadata.items() if k != "fit_status"
+    }
+    assert loaded.metadata["fit_status"] == "complete"
     assert loaded.n_levels == model.n_levels
     for level, (a, b) in enumerate(zip(loaded.levels, model.levels, strict=True)):
+        assert isinstance(a, StoredLevel)  # read lazily, tile by tile
         assert a.grid == b.grid
         assert a.stats == b.stats
-        assert torch.equal(a.block_ids, b.block_ids) and a.block_ids.dtype == torch.int64
-        for x, y in zip(a.weights + a.biases, b.weights + b.biases, strict=True):
+        assert a.n_mlps == b.n_mlps
+        np.testing.assert_array_equal(a.active_mask(), b.active_mask())
+        present_a, weights_a, biases_a = _all_mlps(a)
+        present_b, weights_b, biases_b = _all_mlps(b)
+        assert torch.equal(present_a, present_b)
+        for x, y in zip(weights_a + biases_a, weights_b + biases_b, strict=True):
             assert x.dtype == torch.float32 and torch.equal(x, y)
-        assert torch.allclose(
-            loaded.decode_normalized(level), model.decode_normalized(level), atol=1e-6, rtol=0
-        )
+        assert torch.equal(loaded.decode_normalized(level), model.decode_normalized(level))
         np.testing.assert_array_equal(loaded.decode(level), model.decode(level))
 
 
@@ -71,7 +83,11 @@ def test_save_load_round_trip(models, name, tmp_path):
     assert loaded.dtype == model.dtype and loaded.decode().shape == _inputs()[name].shape
     region = tuple(slice(3, 11) for _ in model.layout.spatial_shape)
     np.testing.assert_array_equal(loaded.decode(0, region), model.decode(0, region))
-    assert _siblings(path) == []  # no temporary directory left
+    assert _siblings(path) == []  # no temporary directory, no lock file left
+    # a loaded model saved again gives the same store content
+    again = tmp_path / f"{name}-again.miner.zarr"
+    loaded.save(again)
+    _assert_same_model(nm.load(again), model)
 
 
 def test_store_is_a_plain_zarr_group(gray_model, tmp_path):
@@ -80,12 +96,36 @@ def test_store_is_a_plain_zarr_group(gray_model, tmp_path):
     assert (path / ".zgroup").is_file()  # zarr format 2
     group = zarr.open_group(str(path), mode="r")
     assert group.attrs["format"] == store.FORMAT_NAME == "napari-miner.model"
-    assert group.attrs["format_version"] == 1  # the in-memory (sparse) layout
+    assert group.attrs["format_version"] == store.FORMAT_VERSION == 3
+    assert group.attrs["status"] == "complete"
     assert group.attrs["config"] == TINY.to_dict()
     assert group.attrs["layout"] == gray_model.layout.to_dict()
-    assert group["levels/0/block_ids"].dtype == np.int64
-    assert group["levels/1/weight_0"].dtype == np.float32
-    assert group["levels/1/weight_0"].shape[0] == gray_model.levels[1].n_mlps
+    for j, level in enumerate(gray_model.levels):
+        mask = group[f"levels/{j}/mask"]
+        params = group[f"levels/{j}/params"]
+        assert mask.dtype == np.uint8 and mask.shape == level.grid.grid_shape
+        assert params.dtype == np.float32 and params.shape[:-1] == level.grid.grid_shape
+        assert group[f"levels/{j}/records"].dtype == np.uint8
+        np.testing.assert_array_equal(mask[...].astype(bool), level.active_mask())
+        # zarr decodes the same packed MLPs as napari-miner
+        present, weights, biases = _all_mlps(level)
+        from napari_miner.core.mlp_bank import pack_bank
+
+        packed = pack_bank(weights, biases).numpy()
+        np.testing.assert_array_equal(params[...].reshape(-1, params.shape[-1])[present], packed)
+
+
+def test_saving_a_model_to_the_store_it_is_read_from(gray_model, tmp_path):
+    path = tmp_path / "m.miner.zarr"
+    gray_model.save(path)
+    loaded = nm.load(path)
+    before = {p: p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()}
+    loaded.save(path)  # nothing to do: the model already lives there
+    assert {p: p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()} == before
+    mixed = nm.MinerModel(loaded.layout, loaded.config, [gray_model.levels[0], *loaded.levels[1:]])
+    with pytest.raises(nm.ModelFormatError, match="read from it"):
+        mixed.save(path)
+    _assert_same_model(nm.load(path), gray_model)
 
 
 def test_partial_fit_with_empty_levels_round_trips(tmp_path):
@@ -112,7 +152,8 @@ def test_non_finite_and_numpy_values_are_stored_as_standard_json(gray_model, tmp
     def strict(constant):
         raise ValueError(f"non-standard JSON constant {constant}")
 
-    json.loads((path / ".zattrs").read_text(), parse_constant=strict)
+    for document in path.rglob(".z*"):
+        json.loads(document.read_text(), parse_constant=strict)
     loaded = nm.load(path)
     assert loaded.levels[0].stats["psnr"] == math.inf
     assert math.isnan(loaded.metadata["loss"]) and loaded.metadata["low"] == -math.inf
@@ -169,7 +210,7 @@ def test_regular_file_at_path(gray_model, tmp_path):
     path.write_bytes(b"not a model")
     with pytest.raises(nm.ModelFormatError, match="is not a model store"):
         nm.load(path)
-    with pytest.raises(nm.ModelFormatError, match="file of that name exists"):
+    with pytest.raises(nm.ModelFormatError, match="not a model store exists there"):
         gray_model.save(path)
     assert path.read_bytes() == b"not a model"
     assert _siblings(path) == []
@@ -184,6 +225,7 @@ def test_directory_that_is_not_a_store(gray_model, tmp_path):
     with pytest.raises(nm.ModelFormatError, match="not overwritten"):
         gray_model.save(path)
     assert (path / "precious.txt").read_text() == "keep me"
+    assert sorted(p.name for p in path.iterdir()) == ["precious.txt"]
 
 
 def test_missing_parent_directory(gray_model, tmp_path):
@@ -197,9 +239,12 @@ def test_wrong_format_name(tmp_path):
     group.attrs["format"] = "something-else"
     with pytest.raises(nm.ModelFormatError, match="not a napari-miner model.*something-else"):
         nm.load(path)
-    zarr.open_group(str(tmp_path / "bare.zarr"), mode="w")
+    zarr.open_group(str(tmp_path / "bare.zarr"), mode="w", zarr_format=2).attrs["x"] = 1
     with pytest.raises(nm.ModelFormatError, match="no 'format' attribute"):
         nm.load(tmp_path / "bare.zarr")
+    zarr.open_group(str(tmp_path / "v3.zarr"), mode="w", zarr_format=3)
+    with pytest.raises(nm.ModelFormatError, match="zarr v3 group"):
+        nm.load(tmp_path / "v3.zarr")
 
 
 def test_newer_format_version(saved):
@@ -225,76 +270,64 @@ def test_invalid_layout_attribute(saved):
 def test_arrays_that_do_not_fit_the_config(saved):
     config = json.loads((saved / ".zattrs").read_text())["config"]
     _edit_attributes(saved, config={**config, "hidden_width": config["hidden_width"] + 1})
-    with pytest.raises(nm.ModelFormatError, match=r"weight_0 has shape .* expected"):
+    with pytest.raises(nm.ModelFormatError, match=r"levels/0/params has shape .* implies"):
         nm.load(saved)
 
 
 def test_missing_array(saved):
-    shutil.rmtree(saved / "levels" / "1" / "weight_2")
-    with pytest.raises(nm.ModelFormatError, match="'levels/1/weight_2' is missing"):
+    shutil.rmtree(saved / "levels" / "1" / "params")
+    with pytest.raises(nm.ModelFormatError, match="levels/1/params is missing"):
         nm.load(saved)
 
 
 def test_missing_chunk_is_detected(saved):
-    chunk = saved / "levels" / "0" / "weight_1" / "0.0.0"
-    chunk.unlink()  # zarr alone would silently read zeros
-    with pytest.raises(nm.ModelFormatError, match="checksum.*incomplete or corrupted"):
+    (saved / "levels" / "0" / "params" / "0.0.0").unlink()  # zarr alone would read zeros
+    with pytest.raises(
+        nm.ModelFormatError, match=r"tile \(0, 0\) of level 0.*levels/0/params/0.0.0 is missing"
+    ):
         nm.load(saved)
 
 
 def test_truncated_chunk_is_detected(saved):
-    chunk = saved / "levels" / "0" / "weight_1" / "0.0.0"
+    chunk = saved / "levels" / "0" / "params" / "0.0.0"
     chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])
-    with pytest.raises(nm.ModelFormatError, match="levels/0/weight_1"):
-        nm.load(saved)
+    model = nm.load(saved)  # read lazily: found when the tile is read
+    with pytest.raises(nm.ModelFormatError, match=f"{chunk}.*damaged"):
+        model.decode(0)
 
 
-def test_corrupted_chunk_is_detected(saved):
-    chunk = saved / "levels" / "1" / "bias_0" / "0.0.0"
+@pytest.mark.parametrize("offset", [-1, 20])
+def test_corrupted_chunk_is_detected(saved, offset):
+    chunk = saved / "levels" / "1" / "params" / "0.0.0"
+    assert json.loads((chunk.parent / ".zarray").read_text())["compressor"]["id"] == "blosc"
     raw = bytearray(chunk.read_bytes())
-    zarr_array = json.loads((chunk.parent / ".zarray").read_text())
-    assert zarr_array["compressor"]["id"] == "blosc"
-    raw[-1] ^= 0xFF  # flip bits in the payload
+    raw[offset] ^= 0xFF  # flip bits in the payload
     chunk.write_bytes(bytes(raw))
-    with pytest.raises(nm.ModelFormatError, match="levels/1/bias_0"):
-        nm.load(saved)
+    model = nm.load(saved)
+    with pytest.raises(nm.ModelFormatError, match=r"tile \(0, 0\) of level 1") as error:
+        model.decode(0)
+    assert str(saved) in str(error.value)
 
 
 @pytest.mark.parametrize(
-    "codec",
+    ("key", "codec"),
     [
-        {"id": "pickle", "protocol": 5},
-        {"id": "fixedscaleoffset", "offset": 0, "scale": 1, "dtype": "<f4"},
+        ("filters", [{"id": "pickle", "protocol": 5}]),
+        ("filters", [{"id": "fixedscaleoffset", "offset": 0, "scale": 1, "dtype": "<f4"}]),
+        ("compressor", {"id": "zlib", "level": 1}),
+        ("compressor", {"id": "pickle"}),
     ],
 )
-def test_codecs_outside_the_whitelist_are_refused(saved, codec):
-    meta_file = saved / "levels" / "0" / "bias_0" / ".zarray"
+def test_codecs_outside_the_whitelist_are_refused(saved, key, codec):
+    meta_file = saved / "levels" / "0" / "params" / ".zarray"
     meta = json.loads(meta_file.read_text())
-    meta["filters"] = [codec]
+    meta[key] = codec
     meta_file.write_text(json.dumps(meta))
-    with pytest.raises(nm.ModelFormatError, match="levels/0/bias_0"):
+    with pytest.raises(nm.ModelFormatError, match="levels/0/params"):
         nm.load(saved)
 
 
-def test_codec_names_include_nested_codecs():
-    v3 = {
-        "zarr_format": 3,
-        "codecs": [
-            {
-                "name": "sharding_indexed",
-                "configuration": {
-                    "codecs": [{"name": "bytes"}, {"name": "numcodecs.pickle"}],
-                    "index_codecs": [{"name": "crc32c"}],
-                },
-            }
-        ],
-    }
-    assert store._codec_names(v3) == {"sharding_indexed", "bytes", "pickle", "crc32c"}
-    v2 = {"zarr_format": 2, "compressor": {"id": "zstd"}, "filters": [{"id": "pickle"}]}
-    assert store._codec_names(v2) == {"zstd", "pickle"}
-
-
-def test_loading_never_unpickles(saved, gray_model, monkeypatch):
+def test_loading_never_unpickles(saved, gray_model, monkeypatch, tmp_path):
     def forbidden(*args, **kwargs):
         raise AssertionError("the loader must not unpickle")
 
@@ -302,25 +335,28 @@ def test_loading_never_unpickles(saved, gray_model, monkeypatch):
     monkeypatch.setattr(pickle, "load", forbidden)
     monkeypatch.setattr(pickle, "Unpickler", forbidden)
     monkeypatch.setattr(torch, "load", forbidden)
-    _assert_same_model(nm.load(saved), gray_model)
+    loaded = nm.load(saved)
+    _assert_same_model(loaded, gray_model)
+    loaded.save(tmp_path / "copy.miner.zarr")
+    _assert_same_model(nm.load(tmp_path / "copy.miner.zarr"), gray_model)
 
 
 # -------------------------------------------------------------------------------- atomicity
-def _fail_on_second_array(monkeypatch):
-    real = store._write_array
+def _fail_on_second_tile(monkeypatch):
+    real = store.ModelStore.write_tile
     calls = []
 
-    def failing(group, name, data):
-        calls.append(name)
+    def failing(self, *args, **kwargs):
+        calls.append(args)
         if len(calls) == 2:
             raise RuntimeError("simulated crash while writing")
-        real(group, name, data)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(store, "_write_array", failing)
+    monkeypatch.setattr(store.ModelStore, "write_tile", failing)
 
 
 def test_failed_save_leaves_nothing(gray_model, tmp_path, monkeypatch):
-    _fail_on_second_array(monkeypatch)
+    _fail_on_second_tile(monkeypatch)
     path = tmp_path / "m.miner.zarr"
     with pytest.raises(RuntimeError, match="simulated crash"):
         gray_model.save(path)
@@ -331,7 +367,7 @@ def test_failed_save_leaves_nothing(gray_model, tmp_path, monkeypatch):
 
 
 def test_failed_save_keeps_the_previous_model(models, saved, monkeypatch):
-    _fail_on_second_array(monkeypatch)
+    _fail_on_second_tile(monkeypatch)
     with pytest.raises(RuntimeError, match="simulated crash"):
         models["uint16"].save(saved)
     _assert_same_model(nm.load(saved), models["gray"])
@@ -342,11 +378,11 @@ def test_failed_rename_restores_the_previous_model(models, saved, monkeypatch):
     real_replace = os.replace
 
     def failing_replace(src, dst):
-        if ".tmp-" in os.fspath(src):
+        if os.path.basename(src).startswith(f".{saved.name}.tmp-"):
             raise OSError("simulated rename failure")
         real_replace(src, dst)
 
-    monkeypatch.setattr(store.os, "replace", failing_replace)
+    monkeypatch.setattr(atomic.os, "replace", failing_replace)
     with pytest.raises(OSError, match="simulated rename failure"):
         models["uint16"].save(saved)
     monkeypatch.undo()
@@ -356,14 +392,18 @@ def test_failed_rename_restores_the_previous_model(models, saved, monkeypatch):
 
 def test_store_without_attributes_never_loads(gray_model, tmp_path, monkeypatch):
     # a store whose arrays were written but whose attributes were not is not a model
-    def no_attributes(directory, arrays, attributes):
-        real_write(directory, arrays, {})
+    real_write = store.write_json
 
-    real_write = store._write_store
-    monkeypatch.setattr(store, "_write_store", no_attributes)
+    def no_attributes(path, document):
+        if path.name != ".zattrs":
+            real_write(path, document)
+
+    monkeypatch.setattr(store, "write_json", no_attributes)
     path = tmp_path / "m.miner.zarr"
     gray_model.save(path)
-    with pytest.raises(nm.ModelFormatError, match="not a napari-miner model"):
+    assert (path / "levels" / "0" / "params" / "0.0.0").is_file()
+    assert not (path / ".zattrs").exists()
+    with pytest.raises(nm.ModelFormatError, match="not a napari-miner model store"):
         nm.load(path)
 
 
@@ -377,3 +417,4 @@ def test_interrupted_swap_is_reported(saved, tmp_path):
 def test_save_rejects_non_models(tmp_path):
     with pytest.raises(TypeError):
         store.save_model("not a model", tmp_path / "m.miner.zarr")
+    assert list(tmp_path.iterdir()) == []

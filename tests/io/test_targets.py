@@ -10,7 +10,8 @@ import zarr
 from napari_miner.core.errors import InvalidInputError
 from napari_miner.core.layout import layout_of
 from napari_miner.core.pyramid import gaussian_targets
-from napari_miner.io.source import open_input, scan_input
+from napari_miner.io.scan import scan_input
+from napari_miner.io.source import open_input
 from napari_miner.io.targets import (
     TargetLevel,
     build_targets,
