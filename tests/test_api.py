@@ -125,6 +125,27 @@ def test_bad_config_values():
         nm.fit(np.zeros((16, 16)), {"n_levels": 2})
 
 
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"weight_bits": 0}, "weight_bits must be"),
+        ({"weight_bits": 3}, "weight_bits must be"),
+        ({"weight_bits": 17}, "weight_bits must be"),
+        ({"weight_bits": 7.5}, "weight_bits must be"),
+        ({"weight_bits": 7, "target_psnr": 55.0}, "7 bits reach about 50 dB"),
+        ({"max_splits": 5, "block_size": 32}, "max_splits"),
+        ({"max_splits": 1, "block_size": 2}, "below 2 pixels"),
+        ({"split_width": 0}, "split_width"),
+        ({"lite_width": 0}, "lite_width"),
+        ({"qat_budget_db": -0.1}, "qat_budget_db"),
+    ],
+)
+def test_settings_that_cannot_work_fail_before_training(settings, message):
+    with pytest.raises(nm.ConfigError, match=message):
+        nm.MinerConfig(**settings)
+    assert nm.MinerConfig(weight_bits=None, target_psnr=55.0).weight_bits is None  # float32
+
+
 def test_config_dict_round_trip():
     config = nm.MinerConfig(n_levels=3, omega_0=25.0)
     assert nm.MinerConfig.from_dict(config.to_dict()) == config
@@ -146,7 +167,7 @@ def test_missing_cuda_is_a_clear_error():
 
 
 def test_torch_failures_become_training_errors(monkeypatch):
-    from napari_miner.core import training as trainer
+    from napari_miner.core import bank_fit as trainer
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated kernel failure")

@@ -53,7 +53,7 @@ def test_fit_zarr_input_prints_json_summary(tmp_path, gray, capsys):
     assert summary["input"] == "gray.zarr"
     assert summary["shape"] == [48, 40] and summary["dtype"] == "uint8"
     assert summary["psnr"] > 15 and summary["elapsed_s"] > 0
-    assert summary["reason"] in ("target", "completed") and summary["iou"] is None
+    assert summary["reason"] in ("target", "plateau", "max_steps") and summary["iou"] is None
     assert 0 < summary["train_time_s"] <= summary["elapsed_s"] and summary["levels"] == 2
     model = nm.load(output)
     assert summary["parameters"] == model.n_parameters
@@ -90,6 +90,16 @@ def test_fit_zarr_group_component_and_overrides(tmp_path, gray):
     assert cli.main(argv) == 0
     config = nm.load(output).config
     assert config.hidden_width == 8 and config.target_psnr == 25.0
+    assert config.weight_bits == nm.MinerConfig().weight_bits  # quantised by default
+
+
+@pytest.mark.parametrize(("bits", "expected"), [("6", 6), ("float32", None), ("FLOAT32", None)])
+def test_weight_bits_option(bits, expected):
+    from napari_miner.cli.commands import config_from_args
+    from napari_miner.cli.parser import build_parser
+
+    args = build_parser().parse_args(["fit", "in.zarr", "out.miner.zarr", "--weight-bits", bits])
+    assert config_from_args(args).weight_bits == expected
 
 
 def test_fit_resumes_or_refuses_an_existing_output(tmp_path, gray, capsys):
@@ -142,6 +152,7 @@ def test_fit_component_of_a_file_input(tmp_path, gray, capsys):
         (["--workers", "2", "--scheduler", "tcp://x:1"], "not allowed with"),
         (["--memory-budget", "lots"], "memory size"),
         (["--max-steps", "0"], "positive integer"),
+        (["--weight-bits", "eight"], "number of bits (4 to 16) or 'float32'"),
         (["--no-occupancy"], "--volume"),
         (["--bogus"], "unrecognized arguments"),
     ],
@@ -271,11 +282,11 @@ def test_final_line_says_whether_the_target_was_reached():
     from napari_miner.fitting.progress import FitProgress
 
     progress = FitProgress(2, 20, (3, 3), psnr=31.234, elapsed_s=2.0)
-    progress.finished, progress.reason = True, "completed"
+    progress.finished, progress.reason = True, "plateau"
     line = fit_line("a.miner.zarr", progress, 12345, 3.25)
     assert line == (
-        "saved a.miner.zarr: PSNR 31.23 dB (completed: target 40 dB not reached), "
-        "12,345 parameters, 3.2 s"
+        "saved a.miner.zarr: PSNR 31.23 dB (plateau: target 40 dB not reached (more capacity: "
+        "raise max_splits, split_width or hidden_width)), 12,345 parameters, 3.2 s"
     )
     volume = nm.MinerConfig.for_volume()
     progress.target_iou = volume.target_iou

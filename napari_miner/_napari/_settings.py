@@ -3,7 +3,8 @@
 One magicgui widget per dataclass field (:func:`magicgui.widgets.create_widget`), its tooltip taken
 from the class's numpy docstring, its bounds from the ranges :mod:`napari_miner.core.config` checks
 (every spin box gets real bounds and enough decimals: ``QDoubleSpinBox`` rounds values to its
-decimals). ``float | None`` fields get an :class:`OptionalFloat` (a check box and a spin box). The
+decimals). ``float | None`` and ``int | None`` fields get an :class:`OptionalFloat` (a check box
+and a spin box). The
 main settings are always visible, the rest sit in a collapsible *Advanced* section; an invalid
 combination of values is shown as a message under the form.
 """
@@ -64,6 +65,8 @@ FLOAT_FORMAT = {  # name: (decimals, step)
     "final_plateau_rel_tol": (4, 0.005),
     "iou_threshold": (3, 0.05),
     "target_iou": (3, 0.01),
+    "lite_energy": (3, 0.5),
+    "qat_budget_db": (3, 0.05),
 }
 """Decimals and step of every float field's spin box."""
 
@@ -91,7 +94,7 @@ def field_bounds(name: str) -> tuple[float, float]:
     return low, high
 
 
-def _value_if_set() -> dict[str, float]:
+def _value_if_set() -> dict[str, float | int]:
     """What an optional field starts at when its check box is ticked."""
     volume = MinerConfig.for_volume(occupancy=True)
     retire = MinerConfig().retire_mse
@@ -100,6 +103,9 @@ def _value_if_set() -> dict[str, float]:
         "target_iou": volume.target_iou,
         "block_target_mse": retire,
         "prune_mse": retire,
+        "weight_bits": 8,
+        "split_width": MinerConfig().hidden_width,
+        "lite_width": 8,
     }
 
 
@@ -118,6 +124,8 @@ class OptionalFloat(ValuedContainerWidget["float | None"]):
         Step of the spin box arrows.
     value_if_set : float, optional
         What the spin box shows when the start value is ``None`` (default ``min``).
+    integer : bool
+        Whether the number is an ``int`` (no decimals, :meth:`get_value` returns ``int``).
     **kwargs
         ``name``, ``label``, ``tooltip``… of the container.
     """
@@ -131,8 +139,10 @@ class OptionalFloat(ValuedContainerWidget["float | None"]):
         decimals: int = 2,
         step: float = 0.01,
         value_if_set: float | None = None,
+        integer: bool = False,
         **kwargs: Any,
     ) -> None:
+        self._integer = integer
         self._on = CheckBox(value=value is not None, tooltip="unticked: None (automatic)")
         start = value if value is not None else (min if value_if_set is None else value_if_set)
         self._number = FloatSpinBox(value=start, min=min, max=max, step=step)
@@ -157,7 +167,10 @@ class OptionalFloat(ValuedContainerWidget["float | None"]):
 
     def get_value(self) -> float | None:
         """The spin box's value, or ``None`` when unticked."""
-        return float(self._number.value) if self._on.value else None
+        if not self._on.value:
+            return None
+        number = self._number.value
+        return round(number) if self._integer else float(number)
 
     def set_value(self, value: float | None) -> None:
         """Tick and set the spin box, or untick for ``None``."""
@@ -190,11 +203,12 @@ def config_widgets(defaults: MinerConfig) -> dict[str, ValueWidget]:
         low, high = field_bounds(name)
         options: dict[str, Any] = {"tooltip": tips.get(name), "min": low, "max": high}
         label = LABELS.get(name)
-        if type(None) in typing.get_args(hint):  # float | None
-            decimals, step = FLOAT_FORMAT[name]
+        if type(None) in typing.get_args(hint):  # float | None or int | None
+            integer = FIELD_RANGES[name].integer
+            decimals, step = (0, 1) if integer else FLOAT_FORMAT[name]
             widget: Any = OptionalFloat(
                 value, name=name, label=label, decimals=decimals, step=step,
-                value_if_set=if_set[name], **options,
+                value_if_set=if_set[name], integer=integer, **options,
             )  # fmt: skip
         else:
             if hint is float:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.errors import ConfigError
 from . import report
-from .parser import UsageError, parse_region
+from .parser import FLOAT32, UsageError, parse_region
 
 if TYPE_CHECKING:
     from ..core.config import MinerConfig
@@ -69,12 +69,15 @@ def config_from_args(args: argparse.Namespace) -> MinerConfig:
         "max_steps": "max_steps",
         "target_psnr": "target_psnr",
         "seed": "seed",
+        "weight_bits": "weight_bits",
     }
     overrides = {
         field: getattr(args, option)
         for option, field in options.items()
         if getattr(args, option) is not None
     }
+    if overrides.get("weight_bits") == FLOAT32:
+        overrides["weight_bits"] = None
     if args.no_occupancy and not args.volume:
         raise UsageError("--no-occupancy only applies with --volume")
     if args.volume:

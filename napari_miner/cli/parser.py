@@ -61,6 +61,21 @@ def _positive_float(text: str) -> float:
     return value
 
 
+FLOAT32 = "float32"
+"""The ``--weight-bits`` value that keeps float32 weights (``MinerConfig.weight_bits=None``)."""
+
+
+def _weight_bits(text: str) -> int | str:
+    if text.strip().lower() == FLOAT32:
+        return FLOAT32
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of bits (4 to 16) or {FLOAT32!r}, got {text!r}"
+        ) from None
+
+
 def memory_size(text: str) -> int:
     """An argparse type: a memory size read by :func:`napari_miner.api.parse_memory_budget`.
 
@@ -263,6 +278,10 @@ def _add_fit(commands: argparse._SubParsersAction) -> None:
     settings.add_argument(
         "--target-psnr", type=_positive_float, metavar="DB", help="stop at this PSNR (dB)"
     )
+    settings.add_argument(
+        "--weight-bits", type=_weight_bits, metavar="BITS",
+        help="quantise the weights to BITS bits (default 7), or 'float32' to keep them exact",
+    )  # fmt: skip
     settings.add_argument("--seed", type=_non_negative_int, metavar="N", help="random seed")
     resources = fit.add_argument_group("resources")
     resources.add_argument(

@@ -195,8 +195,8 @@ def fit_line(output: str, progress: FitProgress, n_parameters: int, elapsed_s: f
     Returns
     -------
     str
-        E.g. ``saved fit.miner.zarr: PSNR 38.21 dB (completed: target 40 dB not reached),
-        18,049 parameters, 3.2 s``, or ``... (target reached) ...``.
+        E.g. ``saved fit.miner.zarr: PSNR 38.21 dB (max_steps: target 40 dB not reached
+        (raise max_steps)), 18,049 parameters, 3.2 s``, or ``... (target reached) ...``.
     """
     quality = f"PSNR {format_db(progress.psnr)}"
     if progress.iou is not None and math.isfinite(progress.iou):

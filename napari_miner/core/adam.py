@@ -16,8 +16,9 @@ class CompactAdam:
     ----------
     params : list of torch.Tensor
         Tensors with the block index as leading dimension.
-    lr_factors : list of float
-        Learning-rate multiplier per tensor.
+    lr_factors : list of float or torch.Tensor
+        Learning-rate multiplier per tensor: a number, or a tensor that broadcasts against it
+        (for example one factor per block, shaped ``(n, 1, 1)``).
     betas : tuple of float
         Adam's moment decay rates.
     eps : float
@@ -27,7 +28,7 @@ class CompactAdam:
     def __init__(
         self,
         params: list[torch.Tensor],
-        lr_factors: list[float],
+        lr_factors: list[float | torch.Tensor],
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
     ) -> None:
@@ -52,7 +53,10 @@ class CompactAdam:
             m.lerp_(g, 1 - beta1)
             v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
             denom = (v.sqrt() / correction2_sqrt).add_(self.eps)
-            p.addcdiv_(m, denom, value=-lr * factor / correction1)
+            if isinstance(factor, torch.Tensor):
+                p.sub_(m.div(denom).mul_(factor * (lr / correction1)))
+            else:
+                p.addcdiv_(m, denom, value=-lr * factor / correction1)
 
     @torch.no_grad()
     def keep(self, index: torch.Tensor) -> None:
@@ -60,6 +64,7 @@ class CompactAdam:
         self.params = [p[index] for p in self.params]
         self.exp_avg = [m[index] for m in self.exp_avg]
         self.exp_avg_sq = [v[index] for v in self.exp_avg_sq]
+        self.lr_factors = [f[index] if isinstance(f, torch.Tensor) else f for f in self.lr_factors]
 
     @property
     def n_blocks(self) -> int:

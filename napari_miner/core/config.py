@@ -92,6 +92,12 @@ FIELD_RANGES: dict[str, FieldRange] = {
     "target_iou": FieldRange(0.0, 1.0, open_low=True, optional=True),
     "progress_every": _ints(1, 10**9),
     "seed": _ints(0, 2**63 - 1),
+    "weight_bits": FieldRange(4, 16, integer=True, optional=True),
+    "max_splits": _ints(0, 4),
+    "split_width": FieldRange(1, 4096, integer=True, optional=True),
+    "lite_width": FieldRange(1, 4096, integer=True, optional=True),
+    "lite_energy": FieldRange(0.0, math.inf),
+    "qat_budget_db": FieldRange(0.0, math.inf),
 }
 """The allowed values of every setting of :class:`MinerConfig` (the upper bounds keep a stored
 config from asking for absurd allocations)."""
@@ -164,6 +170,27 @@ class MinerConfig:
         Steps between :class:`~napari_miner.core.events.Progress` events.
     seed : int
         Seed of the weight initialisation and pixel sampling.
+    weight_bits : int or None
+        The weights are quantised to this many bits (4 to 16; the first layer gets 4 more) when a
+        bank finishes training, and stored as integers with one scale per block and layer;
+        ``None`` keeps float32 weights.
+    max_splits : int
+        Capacity growth: when level 0 plateaus above the target, its blocks still above their
+        share of the error are split into ``2**d`` children with MLPs of their own, up to this
+        many times (each time halving the block side); 0 turns growth off.
+    split_width : int or None
+        Hidden width of the split blocks' MLPs (``None``: ``hidden_width``); narrow MLPs on
+        small blocks add capacity where it is needed at little cost in parameters.
+    lite_width : int or None
+        Capacity sized to content: blocks whose residual mean square is at most ``lite_energy``
+        times the target's MSE get MLPs of this hidden width instead of ``hidden_width`` (``None``:
+        every block gets the same MLP).
+    lite_energy : float
+        See ``lite_width``.
+    qat_budget_db : float
+        What quantising a bank may cost its level (dB). Level 0 trains this far past its target
+        before its weights are quantised, and when rounding every layer at once costs more, the
+        layers are quantised one at a time with a short fine-tune of the others in between.
     """
 
     n_levels: int = 4
@@ -187,6 +214,12 @@ class MinerConfig:
     target_iou: float | None = None
     progress_every: int = 10
     seed: int = 0
+    weight_bits: int | None = 7
+    max_splits: int = 1
+    split_width: int | None = 8
+    lite_width: int | None = 8
+    lite_energy: float = 8.0
+    qat_budget_db: float = 0.1
 
     def __post_init__(self) -> None:
         for name, allowed in FIELD_RANGES.items():
@@ -195,6 +228,21 @@ class MinerConfig:
                 raise ConfigError(f"MinerConfig.{name} must be {allowed.describe()}, got {value!r}")
         if self.target_iou is not None and self.iou_threshold is None:
             raise ConfigError("MinerConfig.target_iou needs iou_threshold (e.g. 0.5)")
+        if self.block_size >> self.max_splits < 2:
+            raise ConfigError(
+                f"MinerConfig.max_splits={self.max_splits} halves blocks of {self.block_size} "
+                f"below 2 pixels: use max_splits <= {int(math.log2(self.block_size)) - 1}"
+            )
+        if self.weight_bits is not None:
+            from .quantize import psnr_ceiling
+
+            ceiling = psnr_ceiling(self.weight_bits)
+            if self.target_psnr > ceiling:
+                raise ConfigError(
+                    f"weights of {self.weight_bits} bits reach about {ceiling:g} dB, below "
+                    f"target_psnr={self.target_psnr:g}: raise weight_bits (or use None for float32 "
+                    "weights), or lower target_psnr"
+                )
 
     @classmethod
     def for_volume(cls, occupancy: bool = True, **overrides: Any) -> MinerConfig:

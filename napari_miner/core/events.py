@@ -151,7 +151,11 @@ class Finished:
     elapsed_s : float
         Total training time.
     reason : str
-        Why training stopped: ``"target"`` (target PSNR or IoU reached) or ``"completed"``.
+        Why training stopped: ``"target"`` (target PSNR or IoU reached), or why level 0 stopped
+        short of it: ``"plateau"`` (its error stopped improving, even with the capacity growth
+        allows), ``"max_steps"``, ``"quantization"`` (rounding the weights lost it),
+        ``"retired"``, ``"pruned"``, or ``"completed"`` when that is not known (see
+        :data:`MISSED_TARGET_HINTS` for what would reach it).
     iou : float or None
         IoU of the full-resolution reconstruction, when occupancy is tracked.
     """
@@ -161,6 +165,16 @@ class Finished:
     elapsed_s: float
     reason: str
     iou: float | None = None
+
+
+MISSED_TARGET_HINTS = {
+    "plateau": "more capacity: raise max_splits, split_width or hidden_width",
+    "max_steps": "raise max_steps",
+    "quantization": "raise weight_bits or qat_budget_db",
+    "retired": "lower block_target_mse",
+    "pruned": "lower prune_budget or prune_mse",
+}
+"""What would reach a missed target, by the reason the fit ended (:attr:`Finished.reason`)."""
 
 
 Event = ScaleStarted | Progress | TileFinished | ScaleFinished | Finished

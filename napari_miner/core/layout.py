@@ -111,6 +111,33 @@ class InputLayout:
             return array[0]
         return np.moveaxis(array, 0, self.channel_axis)
 
+    @property
+    def rounding_mse(self) -> float:
+        """Mean squared error that rounding to the input's dtype adds, in normalised units.
+
+        A uniform rounding error of one integer step: ``1 / (12 * value_scale**2)``; 0 for float
+        inputs (booleans, thresholded rather than rounded, are left out too).
+        """
+        if np.dtype(self.dtype).kind not in "iu":
+            return 0.0
+        return 1.0 / (12.0 * self.value_scale**2)
+
+    def as_decoded(self, values: torch.Tensor) -> torch.Tensor:
+        """Normalised values as :meth:`denormalize` will return them, still normalised.
+
+        Clipped to the value range and, for integer and boolean inputs, rounded to the input's
+        dtype: what a decoded level holds, so that errors measured on it are those of the decode.
+        """
+        clipped = values.clamp(0.0, 1.0)
+        kind = np.dtype(self.dtype).kind
+        if kind == "b":
+            return (clipped >= 0.5).to(values.dtype)
+        if kind not in "iu":
+            return clipped
+        scale, low = self.value_scale, self.value_min
+        levels = torch.round(clipped.double() * scale + low)
+        return ((levels - low) / scale).to(values.dtype)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON dictionary."""
         return dict(

@@ -13,7 +13,7 @@ from .blocks import BlockGrid, array_from_blocks, local_coordinates
 from .config import MinerConfig
 from .errors import InvalidInputError
 from .layout import InputLayout
-from .mlp_bank import bank_forward_chunked, count_parameters, layer_sizes
+from .mlp_bank import bank_forward_chunked, count_parameters
 from .pyramid import level_shapes, upsampled_region
 
 
@@ -21,25 +21,29 @@ from .pyramid import level_shapes, upsampled_region
 class LevelBank(Protocol):
     """What decoding needs of one pyramid level: its grid and the MLPs of any set of blocks.
 
+    A level's main bank (blocks of ``config.block_size``) is the level object itself; ``extra``
+    holds its further banks (the finer blocks that capacity growth adds where the error is, see
+    :mod:`napari_miner.core.banks`), each a bank of its own grid; decoding adds them all up.
     :class:`LevelParams` holds a level in memory; the model store provides levels that are read
     tile by tile on demand (:mod:`napari_miner.io.stored_level`).
     """
 
     grid: BlockGrid
     stats: dict[str, Any]
+    extra: tuple[LevelBank, ...]
 
     @property
     def n_mlps(self) -> int:
-        """Number of blocks that hold an MLP."""
+        """Number of MLPs of the level (every bank)."""
         ...
 
     @property
     def n_parameters(self) -> int:
-        """Every weight and bias of the level."""
+        """Every weight and bias of the level (every bank)."""
         ...
 
     def active_mask(self) -> np.ndarray:
-        """Boolean mask over the block grid of the blocks with an MLP."""
+        """Boolean mask over the (main) block grid of the blocks with an MLP in any bank."""
         ...
 
     def gather(
@@ -48,9 +52,19 @@ class LevelBank(Protocol):
         """MLPs of the given flat block indices.
 
         Returns a boolean tensor (which of ``block_ids`` hold an MLP) and the weights and biases of
-        those blocks, in the order of ``block_ids``, on the CPU.
+        those blocks, in the order of ``block_ids``, on the CPU. Only this bank's MLPs.
         """
         ...
+
+
+def pooled_mask(bank: LevelBank, grid: BlockGrid) -> np.ndarray:
+    """``bank``'s block mask on the coarser ``grid``: a cell is set where any finer block is."""
+    mask = bank.active_mask()
+    factor = grid.block_size // bank.grid.block_size
+    out = np.zeros(grid.grid_shape, dtype=bool)
+    index = np.nonzero(mask)
+    out[tuple(i // factor for i in index)] = True
+    return out
 
 
 @dataclass(eq=False)
@@ -67,6 +81,11 @@ class LevelParams:
         The bank of those ``n`` MLPs (see :mod:`napari_miner.core.mlp_bank`).
     stats : dict
         Training statistics of the level (plain JSON values).
+    extra : tuple of LevelParams
+        The level's further banks (finer blocks added where the error is), empty if none.
+    bits : int or None
+        The weights lie on the grid of this many bits (:mod:`napari_miner.core.quantize`);
+        ``None`` for float weights.
     """
 
     grid: BlockGrid
@@ -74,16 +93,19 @@ class LevelParams:
     weights: list[torch.Tensor]
     biases: list[torch.Tensor]
     stats: dict[str, Any] = field(default_factory=dict)
+    extra: tuple[LevelParams, ...] = ()
+    bits: int | None = None
 
     @property
     def n_mlps(self) -> int:
-        """Number of blocks that hold an MLP."""
-        return int(self.block_ids.numel())
+        """Number of MLPs of the level (every bank)."""
+        return int(self.block_ids.numel()) + sum(bank.n_mlps for bank in self.extra)
 
     @property
     def n_parameters(self) -> int:
-        """Every weight and bias of the level."""
-        return count_parameters(self.weights, self.biases)
+        """Every weight and bias of the level (every bank)."""
+        own = count_parameters(self.weights, self.biases)
+        return own + sum(bank.n_parameters for bank in self.extra)
 
     def gather(
         self, block_ids: torch.Tensor
@@ -102,17 +124,22 @@ class LevelParams:
         return present, weights, biases
 
     def active_mask(self) -> np.ndarray:
-        """Boolean mask over the block grid of the blocks with an MLP."""
-        return self.grid.mask(self.block_ids)
+        """Boolean mask over the block grid of the blocks with an MLP in any bank."""
+        mask = self.grid.mask(self.block_ids)
+        for bank in self.extra:
+            mask |= pooled_mask(bank, self.grid)
+        return mask
 
     def to(self, device: torch.device | str) -> LevelParams:
-        """Copy of the level on ``device``."""
+        """Copy of the level (every bank) on ``device``."""
         return LevelParams(
             self.grid,
             self.block_ids.to(device),
             [w.detach().to(device) for w in self.weights],
             [b.detach().to(device) for b in self.biases],
             dict(self.stats),
+            tuple(bank.to(device) for bank in self.extra),
+            self.bits,
         )
 
 
@@ -149,7 +176,7 @@ class PyramidModel:
             level.to("cpu") if isinstance(level, LevelParams) else level for level in levels
         ]
         self.metadata = dict(metadata or {})
-        self._coords = local_coordinates(config.block_size, len(layout.spatial_shape))
+        self._coords: dict[int, torch.Tensor] = {}
 
     # ----------------------------------------------------------------- description
     @property
@@ -285,7 +312,22 @@ class PyramidModel:
     def _residual(
         self, level: int, bounds: list[tuple[int, int]], device: torch.device
     ) -> torch.Tensor:
-        params = self.levels[level]
+        main = self.levels[level]
+        residual = self._bank_residual(main, bounds, device)
+        for bank in main.extra:
+            residual += self._bank_residual(bank, bounds, device)
+        return residual
+
+    def _block_coordinates(self, block_size: int) -> torch.Tensor:
+        coords = self._coords.get(block_size)
+        if coords is None:
+            ndim = len(self.layout.spatial_shape)
+            coords = self._coords[block_size] = local_coordinates(block_size, ndim)
+        return coords
+
+    def _bank_residual(
+        self, params: LevelBank, bounds: list[tuple[int, int]], device: torch.device
+    ) -> torch.Tensor:
         grid = params.grid
         b = grid.block_size
         ranges = grid.block_range([slice(lo, hi) for lo, hi in bounds])
@@ -302,7 +344,7 @@ class PyramidModel:
             values[present.to(device)] = bank_forward_chunked(
                 [w.to(device) for w in weights],
                 [bias.to(device) for bias in biases],
-                self._coords.to(device),
+                self._block_coordinates(b).to(device),
             )
         array = array_from_blocks(values, sub_grid, b)
         crop = tuple(
@@ -312,19 +354,27 @@ class PyramidModel:
         return array[(slice(None),) + crop]
 
 
+def empty_bank(grid: BlockGrid, sizes: list[tuple[int, int]]) -> LevelParams:
+    """A bank of ``grid`` without any MLP, for layers of ``(out, in)`` ``sizes``."""
+    weights = [torch.zeros((0, o, i)) for o, i in sizes]
+    biases = [torch.zeros((0, o, 1)) for o, _ in sizes]
+    return LevelParams(grid, torch.zeros(0, dtype=torch.long), weights, biases)
+
+
 def empty_levels(shape: Sequence[int], config: MinerConfig, n_channels: int) -> list[LevelParams]:
-    """Levels without any MLP (a model that decodes to zeros), the starting point of a fit."""
+    """Levels without any MLP (a model that decodes to zeros), the starting point of a fit.
+
+    Every level has the banks that ``config`` gives it (:func:`~napari_miner.core.banks.level_banks`).
+    """
+    from .banks import level_banks
+
     levels = []
     for j, level_shape in enumerate(level_shapes(shape, config.n_levels)):
-        sizes = layer_sizes(len(shape), config.width_at(j), config.hidden_layers, n_channels)
-        weights = [torch.zeros((0, o, i)) for o, i in sizes]
-        biases = [torch.zeros((0, o, 1)) for o, _ in sizes]
-        levels.append(
-            LevelParams(
-                BlockGrid(level_shape, config.block_size),
-                torch.zeros(0, dtype=torch.long),
-                weights,
-                biases,
-            )
-        )
+        banks = [
+            empty_bank(spec.grid(level_shape), spec.layer_sizes(len(shape), n_channels))
+            for spec in level_banks(config, j)
+        ]
+        main = banks[0]
+        main.extra = tuple(banks[1:])
+        levels.append(main)
     return levels

@@ -2,18 +2,23 @@
 
 The coarsest level fits the area-downsampled signal; every finer level fits the residual between its
 target and the ×2 upsampled estimate of the level below (the coarse-to-fine loop over levels and tiles
-is :mod:`napari_miner.fitting`). Within a level every block has its own MLP:
+is :mod:`napari_miner.fitting`). Within a level:
 
-* pruning before training: blocks whose residual energy is at most the level's threshold get none
-  (:func:`prune_threshold`, decided once over the whole level);
-* each block's residual is standardised while it trains (per-channel mean removed, divided by its
-  RMS; both folded back into the last layer when the block is stored), so one learning rate suits
-  blocks of any amplitude and offset;
-* pruning at convergence: every ``check_every`` steps the exact MSE of each block is evaluated and
-  blocks below ``retire_mse`` retire: their weights are stored and dropped, with their Adam moments,
-  from the optimised tensors;
-* a level ends when all its blocks retired, its MSE plateaus, or at ``max_steps``; level 0 also ends
-  once it reaches ``target_psnr`` (or ``target_iou`` for occupancy).
+1. **Pruning before training**: blocks whose residual energy is at most the level's threshold get no
+   MLP (:func:`prune_threshold`, decided once over the whole level).
+2. **The main bank** trains, one MLP per remaining block (:class:`~napari_miner.core.bank_fit.BankFit`:
+   standardised residuals, retirement of converged blocks, plateau, ``max_steps``, target).
+3. **Quantisation**: the bank's weights are rounded to ``weight_bits`` bits, fine-tuned with the
+   rounding in the loop when it costs more than ``qat_budget_db`` (:mod:`napari_miner.core.quantize`).
+4. **Capacity where the error is** (level 0, while it is below its target): the blocks still above
+   their share of the error (the target's MSE) are split into ``2**d`` children of half the side,
+   each with an MLP of its own that learns what is left (a *split* bank, itself trained and
+   quantised the same way), up to ``max_splits`` times (:mod:`napari_miner.core.banks`).
+
+:attr:`LevelTraining.ended` says why the level stopped: ``"target"`` (level 0 reached the target
+PSNR or IoU), or, when it did not, the reason its last bank ended: ``"plateau"``, ``"max_steps"``,
+``"retired"`` (every block converged), ``"pruned"`` (no block needed an MLP) or ``"quantization"``
+(a bank reached it, then rounding its weights cost more than the budget kept in hand).
 """
 
 from __future__ import annotations
@@ -25,22 +30,23 @@ from dataclasses import dataclass
 
 import torch
 
-from .adam import CompactAdam
-from .blocks import BlockGrid
-from .config import MinerConfig
+from .bank_fit import BankFit, bank_mse, fine_tune_quantized
+from .banks import level_banks
+from .blocks import BlockGrid, local_coordinates
+from .capacity import TRIM_MARGIN_DB, children_of, keep_rows, spared_mlps, worst_blocks
+from .config import REFERENCE_WIDTH, MinerConfig
 from .errors import TrainingError
 from .events import Progress
 from .metrics import psnr_from_mse
-from .mlp_bank import bank_forward_chunked, bank_sse_and_grads, init_bank, lr_multipliers
+from .mlp_bank import bank_forward_chunked, init_bank
 from .model import LevelParams
 
 
 class LevelTraining:
     """The training of one level (or one tile of a level) on ``target - base``.
 
-    Prunes blocks before training, then optimises the remaining blocks' MLPs with retirement at
-    convergence and the level's stopping rules (see the module docstring). The result is
-    :attr:`level`, filled in as blocks retire.
+    See the module docstring for the phases. The result is :attr:`level` (the main bank, with the
+    split banks in ``level.extra``), filled in as blocks retire, and :meth:`result`.
 
     Parameters
     ----------
@@ -76,189 +82,102 @@ class LevelTraining:
         clock: Callable[[], float],
         threshold: float,
     ) -> None:
-        cfg = config
-        self.index = index
-        self.config = config
-        self._coords = coords
-        self._chunk = chunk
-        self._clock = clock
+        self.index, self.config = index, config
+        self._coords, self._chunk, self._clock = coords, chunk, clock
         self._target, self._base = target, base
         self._generator = generator
         device = target.device
-        residual = target - base
-        grid = BlockGrid(tuple(residual.shape[1:]), cfg.block_size)
-        blocks = grid.unfold(residual)
+        grid = BlockGrid(tuple(target.shape[1:]), config.block_size)
+        blocks = grid.unfold(target - base)
         mask = grid.valid_mask(device)
         n_channels = blocks.shape[1]
-        counts = mask.sum(dim=(1, 2)) * n_channels
+        self._counts = mask.sum(dim=(1, 2)) * n_channels
         energy = block_energy(blocks, mask)
-        block_ids = torch.nonzero(energy > threshold).flatten()
-        n = block_ids.numel()
-        weights, biases = init_bank(
-            n, grid.ndim, cfg.width_at(index), cfg.hidden_layers, n_channels, cfg.omega_0,
-            generator, device,
-        )  # fmt: skip
-        self.level = LevelParams(
-            grid, block_ids, weights, biases, {"n_blocks": grid.n_blocks, "n_mlps": n}
-        )
+        trained = energy > threshold
+        self._specs = level_banks(config, index)
+        names = [spec.name for spec in self._specs]
+        lite = torch.zeros_like(trained)
+        if "lite" in names:
+            lite = trained & (energy <= config.lite_energy * 10.0 ** (-config.target_psnr / 10.0))
+        chosen = {
+            "main": torch.nonzero(trained & ~lite).flatten(),
+            "lite": torch.nonzero(lite).flatten(),
+        }
+        banks = []
+        for spec in self._specs:
+            ids = chosen.get(spec.name, torch.zeros(0, dtype=torch.long, device=device))
+            bank_grid = spec.grid(grid.shape)
+            weights, biases = init_bank(
+                ids.numel(), grid.ndim, spec.width, spec.hidden_layers, n_channels,
+                config.omega_0, generator, device,
+            )  # fmt: skip
+            banks.append(LevelParams(bank_grid, ids, weights, biases))
+        stats = {"n_blocks": grid.n_blocks, "n_mlps": int(trained.sum())}
+        self.level = banks[0]
+        self.level.stats, self.level.extra = stats, tuple(banks[1:])
         self._grid, self._blocks, self._mask = grid, blocks, mask
-        self._counts, self._energy, self._n_channels = counts, energy, n_channels
-        self.rows = torch.arange(n, device=device)  # bank rows still optimised
-        self._optimizer: CompactAdam | None = None
-        self._norm: _Standardization | None = None
+        self._energy = energy
+        self._block_mse = energy.clone()  # pruned blocks keep their residual energy as error
+        self._occupancy = None
+        if config.iou_threshold is not None:
+            self._occupancy = _OccupancyCounts(
+                grid.unfold(base), grid.unfold(target), mask, config.iou_threshold
+            )
+        self._fit: BankFit | None = None
+        self._bank = 0  # the bank being trained (index into level_banks)
+        self._split_level_mse: Callable[[], float] | None = None
         self.steps = 0
         self.ended = "not started"
-        """Why training stopped: ``"target"`` (level 0 reached the target PSNR or IoU),
-        ``"plateau"``, ``"max_steps"``, ``"retired"`` (every block converged) or ``"pruned"``
-        (no block needed an MLP)."""
+        """Why training stopped (see the module docstring)."""
+        self.error_floor = 0.0
+        """Mean squared error that decoding adds (rounding to the input's dtype), in normalised
+        units: level 0 counts as reaching its target only with it."""
+
+    # ------------------------------------------------------------------------- reading
+    @property
+    def banks(self) -> tuple[LevelParams, ...]:
+        """Every bank of the level, in the order of :func:`~napari_miner.core.banks.level_banks`."""
+        return (self.level, *self.level.extra)
 
     @property
     def n_active(self) -> int:
-        """Blocks that got an MLP."""
-        return self.level.n_mlps
+        """Blocks of the level's own grid that got an MLP (main and lite banks)."""
+        return int(self.level.stats["n_mlps"])
+
+    @property
+    def rows(self) -> torch.Tensor:
+        """Rows of the bank being trained that are still optimised."""
+        return self._fit.rows if self._fit is not None else self.level.block_ids[:0]
 
     def snapshot(self) -> LevelParams:
         """Copy of :attr:`level` whose still-optimised blocks hold their current weights."""
-        level = self.level
-        copy = LevelParams(
-            level.grid,
-            level.block_ids,
-            [w.clone() for w in level.weights],
-            [b.clone() for b in level.biases],
-            dict(level.stats),
-        )
-        if self._optimizer is not None and self._norm is not None and self.rows.numel():
-            _store(
-                copy,
-                self._optimizer,
-                self.rows,
-                self._norm,
-                torch.ones_like(self.rows, dtype=torch.bool),
-            )
+        copy = self.level.to(self.level.block_ids.device)
+        if self._fit is not None:
+            self._fit.store_current((copy, *copy.extra)[self._bank])
         return copy
 
-    def run(self) -> Iterator[Progress]:
-        """Train; yields :class:`Progress` events. :attr:`ended` then says why it stopped."""
+    def _level_mse(self) -> float:
+        if self._split_level_mse is not None:
+            return self._split_level_mse()
+        return float((self._block_mse * self._counts).sum() / self._counts.sum())
+
+    def _reached(self, mse: float, margin: float = 0.0) -> bool:
+        """Whether level 0 reached its target, with the decoder's error floor added to ``mse``.
+
+        ``margin`` (dB) is what is still to be lost (to quantising the bank in training).
+        """
         cfg = self.config
-        j = self.index
-        grid, blocks, mask = self._grid, self._blocks, self._mask
-        counts, energy, n_channels = self._counts, self._energy, self._n_channels
-        level = self.level
-        block_ids = level.block_ids
-        n = block_ids.numel()
-        if n == 0:
-            level.stats["steps"] = 0
-            self.ended = "pruned"
-            return
+        if self.index != 0:
+            return False
+        if psnr_from_mse(mse + self.error_floor) >= cfg.target_psnr + margin:
+            return True
+        iou = None if self._occupancy is None else self._occupancy.iou
+        return cfg.target_iou is not None and iou is not None and iou >= cfg.target_iou
 
-        # each block's residual is standardised (mean removed per channel, divided by its RMS) while
-        # it trains; both are folded back into the last layer when the block is stored
-        chosen, chosen_mask = blocks[block_ids], mask[block_ids]
-        offset = (chosen * chosen_mask).sum(dim=2) / chosen_mask.sum(dim=2)
-        centered = chosen - offset[:, :, None]
-        spread = ((centered.square() * chosen_mask).sum(dim=(1, 2)) / counts[block_ids]).sqrt()
-        scale = spread.clamp_min(1e-6)
-        norm = _Standardization(scale, offset)
-        block_mse = energy.clone()  # pruned blocks keep their residual energy as error
-        total_count = counts.sum()
-        rows = self.rows
-        # the still-optimised blocks' targets (divided by their RMS), masks and scales, compacted
-        goals = centered / scale[:, None, None]
-        masks = None if bool(mask.all()) else mask[block_ids]
-        scales_sq = scale.square()
-        occupancy = None
-        if cfg.iou_threshold is not None:
-            occupancy = _OccupancyCounts(
-                grid.unfold(self._base),
-                grid.unfold(self._target),
-                mask,
-                cfg.iou_threshold,
-                block_ids,
-            )
-        level_iou = None if occupancy is None else occupancy.iou
-        weights, biases = level.weights, level.biases
-        n_layers = len(weights)
-        optimizer = CompactAdam(weights + biases, lr_multipliers(n_layers, cfg.omega_0) * 2)
-        self._optimizer, self._norm = optimizer, norm
-        base_lr = cfg.learning_rate_at(j)
-        plateau = cfg.final_plateau_rel_tol if j == 0 else cfg.plateau_rel_tol
-        pixels = grid.block_pixels
-        n_sample = max(1, round(cfg.pixel_fraction * pixels))
-        generator = self._generator
-        previous_mse: float | None = None
-        step = 0
-        self.ended = "max_steps"
-        while step < cfg.max_steps and rows.numel():
-            coords, goal, weight = self._coords, goals, masks
-            if n_sample < pixels:
-                pick = torch.randperm(pixels, generator=generator)[:n_sample].sort().values
-                pick = pick.to(coords.device)
-                coords, goal = coords[:, pick], goal[:, :, pick]
-                weight = None if weight is None else weight[:, :, pick]
-            params = optimizer.params
-            sse, grad_w, grad_b = bank_sse_and_grads(
-                params[:n_layers], params[n_layers:], coords, goal, weight, self._chunk
-            )
-            optimizer.step(grad_w + grad_b, base_lr * cfg.lr_decay**step)
-            step += 1
-            self.steps = step
-
-            if step % cfg.progress_every == 0:
-                # the step's own (sampled, pre-update) block errors: cheap, and close enough to report
-                seen = coords.shape[1] if weight is None else weight.sum(dim=(1, 2)).clamp_min(1)
-                block_mse[block_ids[rows]] = sse / (seen * n_channels) * scales_sq
-                level_mse = float((block_mse * counts).sum() / total_count)
-                if not math.isfinite(level_mse):
-                    raise self._diverged()
-                yield Progress(
-                    j,
-                    step,
-                    level_mse,
-                    psnr_from_mse(level_mse),
-                    int(rows.numel()),
-                    self._clock(),
-                    grid.mask(block_ids[rows]),
-                    level_iou,
-                )
-            if step % cfg.check_every and step != cfg.max_steps:
-                continue
-            exact, prediction = _exact_mse(optimizer, goals, masks, n_channels, self._coords)
-            exact = exact * scales_sq
-            if not bool(torch.isfinite(exact).all()):
-                raise self._diverged()
-            block_mse[block_ids[rows]] = exact
-            if occupancy is not None:
-                occupancy.update(rows, prediction * scale[rows, None, None] + offset[rows, :, None])
-                level_iou = occupancy.iou
-            level_mse = float((block_mse * counts).sum() / total_count)
-            retire = exact < cfg.retire_mse
-            if bool(retire.any()):
-                _store(level, optimizer, rows, norm, retire)
-                keep = torch.nonzero(~retire).flatten()
-                optimizer.keep(keep)
-                rows, goals, scales_sq = rows[keep], goals[keep], scales_sq[keep]
-                masks = None if masks is None else masks[keep]
-                self.rows = rows
-            if j == 0 and (
-                psnr_from_mse(level_mse) >= cfg.target_psnr
-                or (
-                    cfg.target_iou is not None
-                    and level_iou is not None
-                    and level_iou >= cfg.target_iou
-                )
-            ):
-                self.ended = "target"
-                break
-            if previous_mse is not None and previous_mse - level_mse < plateau * previous_mse:
-                self.ended = "plateau"
-                break
-            previous_mse = level_mse
-        if rows.numel():
-            _store(level, optimizer, rows, norm, torch.ones_like(rows, dtype=torch.bool))
-        elif self.ended == "max_steps" and step < cfg.max_steps:
-            self.ended = "retired"
-        self.rows = rows[:0]
-        level.stats["steps"] = step
+    def _reached_before_quantizing(self, mse: float) -> bool:
+        """:meth:`_reached`, keeping the quantisation budget in hand when weights get quantised."""
+        cfg = self.config
+        return self._reached(mse, cfg.qat_budget_db if cfg.weight_bits is not None else 0.0)
 
     def _diverged(self) -> TrainingError:
         cfg = self.config
@@ -267,61 +186,235 @@ class LevelTraining:
             f"(now {cfg.learning_rate}) or omega_0 (now {cfg.omega_0})"
         )
 
+    # ------------------------------------------------------------------------ training
+    def run(self) -> Iterator[Progress]:
+        """Train; yields :class:`Progress` events. :attr:`ended` then says why it stopped."""
+        self.ended = "pruned"
+        on_grid = [k for k, spec in enumerate(self._specs) if not spec.name.startswith("split")]
+        for k in on_grid:
+            if self.banks[k].block_ids.numel():
+                yield from self._train_bank(k)
+        if self.config.weight_bits is not None:
+            for k in on_grid:
+                self._quantize_bank(k)
+        self._trim_on_grid(on_grid)
+        for k, spec in enumerate(self._specs):
+            if not spec.name.startswith("split"):
+                continue
+            if self._reached(self._level_mse()):
+                break
+            yield from self._grow(k, int(spec.name.removeprefix("split")))
+        if self._reached(self._level_mse()):
+            self.ended = "target"
+        elif self.ended == "target":  # a bank reached it, then lost it to the rounding of weights
+            self.ended = "quantization"
+        self._fit = None
+        self.level.stats["steps"] = self.steps
+
+    def _bank_blocks(self, k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        ids = self.banks[k].block_ids
+        return self._blocks[ids], None if bool(self._mask.all()) else self._mask[ids]
+
+    def _train_bank(self, k: int) -> Iterator[Progress]:
+        """Train bank ``k`` of the level's own grid (main or lite)."""
+        cfg, grid, bank, spec = self.config, self._grid, self.banks[k], self._specs[k]
+        ids = bank.block_ids
+        blocks, masks = self._bank_blocks(k)
+        plateau = cfg.final_plateau_rel_tol if self.index == 0 else cfg.plateau_rel_tol
+        learning_rate = cfg.learning_rate_at(self.index)
+        if spec.name != "main":
+            learning_rate = cfg.learning_rate * math.sqrt(REFERENCE_WIDTH / spec.width)
+        fit = BankFit(
+            bank, blocks, masks, self._coords, cfg, learning_rate, plateau, self._chunk,
+            self._generator,
+        )  # fmt: skip
+        self._fit, self._bank = fit, k
+        done = self.steps
+
+        def report(rows: torch.Tensor, mse: torch.Tensor, prediction: torch.Tensor | None) -> None:
+            self._block_mse[ids[rows]] = mse
+            if prediction is not None and self._occupancy is not None:
+                self._occupancy.update(ids[rows], prediction)
+
+        def progress(step: int, mse: float) -> Progress:
+            iou = None if self._occupancy is None else self._occupancy.iou
+            return Progress(
+                self.index, done + step, mse, psnr_from_mse(mse), int(fit.rows.numel()),
+                self._clock(), grid.mask(ids[fit.rows]), iou,
+            )  # fmt: skip
+
+        yield from fit.run(
+            report, self._level_mse, self._reached_before_quantizing, progress, self._diverged
+        )
+        self.steps, self.ended = done + fit.steps, fit.ended
+
+    def _quantize_bank(self, k: int) -> None:
+        """Round bank ``k`` of the level's own grid to ``weight_bits`` (fine-tuned if needed)."""
+        bank = self.banks[k]
+        ids = bank.block_ids
+        if not ids.numel():
+            bank.bits = self.config.weight_bits
+            return
+        blocks, masks = self._bank_blocks(k)
+        counts = self._counts[ids].double()
+        float_sse, _ = bank_mse(bank.weights, bank.biases, self._coords, blocks, masks)
+        float_sse = float_sse.double() * counts
+        others = float((self._block_mse * self._counts).sum()) - float(
+            (self._block_mse[ids].double() * counts).sum()
+        )
+        total = float(self._counts.sum())
+        reference = psnr_from_mse((others + float(float_sse.sum())) / total)
+
+        def cost(sse: torch.Tensor) -> float:
+            return reference - psnr_from_mse((others + float(sse.double().sum())) / total)
+
+        fine_tune_quantized(
+            bank, blocks, masks, self._coords, self.config.weight_bits, cost,
+            self.config.qat_budget_db, self._chunk,
+        )  # fmt: skip
+        quantized, _ = bank_mse(bank.weights, bank.biases, self._coords, blocks, masks)
+        self._block_mse[ids] = quantized
+
+    def _spare_sse(self, total: float) -> float | None:
+        """The squared error level 0 may still add and stay at its target (``None``: no trimming).
+
+        Only a PSNR target is traded for parameters (an IoU target is left alone), with a margin
+        of :data:`TRIM_MARGIN_DB` for the rounding of decoded values.
+        """
+        cfg = self.config
+        if self.index != 0 or cfg.target_iou is not None:
+            return None
+        allowed = 10.0 ** (-(cfg.target_psnr + TRIM_MARGIN_DB) / 10.0) - self.error_floor
+        return allowed * total
+
+    def _trim_on_grid(self, on_grid: list[int]) -> None:
+        """Drop the main and lite MLPs of level 0 that its target can spare (see :func:`~napari_miner.core.capacity.spared_mlps`)."""
+        total = float(self._counts.sum())
+        spare = self._spare_sse(total)
+        if spare is None:
+            return
+        ids = torch.cat([self.banks[k].block_ids for k in on_grid])
+        if not ids.numel():
+            return
+        counts = self._counts[ids].double()
+        gains = (self._energy[ids].double() - self._block_mse[ids].double()) * counts
+        level_sse = float((self._block_mse.double() * self._counts).sum())
+        dropped = spared_mlps(gains, spare - level_sse)
+        if not bool(dropped.any()):
+            return
+        self._block_mse[ids[dropped]] = self._energy[ids[dropped]]
+        start = 0
+        for k in on_grid:
+            bank = self.banks[k]
+            n = bank.block_ids.numel()
+            keep_rows(bank, ~dropped[start : start + n])
+            start += n
+        self.level.stats["n_mlps"] -= int(dropped.sum())
+
+    def _grow(self, k: int, split: int) -> Iterator[Progress]:
+        """Split the blocks still above the target's MSE and train the children's bank ``k``."""
+        cfg, bank, spec = self.config, self.banks[k], self._specs[k]
+        grid = bank.grid
+        residual = self._target - self._estimate()
+        parent = BlockGrid(grid.shape, cfg.block_size >> (split - 1))
+        parent_mask = parent.valid_mask(residual.device)
+        parent_counts = parent_mask.sum(dim=(1, 2)) * residual.shape[0]
+        parent_energy = block_energy(parent.unfold(residual), parent_mask)
+        chosen = parent.mask(worst_blocks(parent_energy, parent_counts, cfg).cpu())
+        children = children_of(chosen, grid).to(residual.device)
+        blocks, mask = grid.unfold(residual), grid.valid_mask(residual.device)
+        counts = mask.sum(dim=(1, 2)) * residual.shape[0]
+        energy = block_energy(blocks, mask)
+        ids = children[energy[children] > cfg.retire_mse]
+        if not ids.numel():
+            return
+        weights, biases = init_bank(
+            ids.numel(), grid.ndim, spec.width, spec.hidden_layers, residual.shape[0],
+            cfg.omega_0, self._generator, residual.device,
+        )  # fmt: skip
+        bank.block_ids, bank.weights, bank.biases = ids, weights, biases
+        coords = local_coordinates(grid.block_size, grid.ndim, residual.device)
+        masks = None if bool(mask[ids].all()) else mask[ids]
+        start_sse = float((parent_energy * parent_counts).sum())
+        child_sse = energy[ids] * counts[ids]
+        total = float(parent_counts.sum())
+        initial = float(child_sse.sum())
+        learning_rate = cfg.learning_rate * math.sqrt(REFERENCE_WIDTH / spec.width)
+        fit = BankFit(
+            bank, blocks[ids], masks, coords, cfg, learning_rate, cfg.final_plateau_rel_tol,
+            self._chunk, self._generator,
+        )  # fmt: skip
+        self._fit, self._bank = fit, k
+        done = self.steps
+
+        def report(rows: torch.Tensor, mse: torch.Tensor, prediction: torch.Tensor | None) -> None:
+            child_sse[rows] = mse * counts[ids[rows]]
+
+        def level_mse() -> float:
+            return (start_sse - initial + float(child_sse.sum())) / total
+
+        factor = 1 << split
+
+        def progress(step: int, mse: float) -> Progress:
+            training = grid.mask(ids[fit.rows])
+            index = torch.nonzero(torch.from_numpy(training))
+            active = torch.zeros(self._grid.grid_shape, dtype=torch.bool)
+            if index.numel():
+                active[tuple((index // factor).T)] = True
+            return Progress(
+                self.index, done + step, mse, psnr_from_mse(mse), int(fit.rows.numel()),
+                self._clock(), active.numpy(), None,
+            )  # fmt: skip
+
+        self._split_level_mse = level_mse
+        yield from fit.run(
+            report, level_mse, self._reached_before_quantizing, progress, self._diverged
+        )
+        self.steps, self.ended = done + fit.steps, fit.ended
+        if cfg.weight_bits is not None:
+            bank_blocks = blocks[ids]
+
+            def cost(sse: torch.Tensor) -> float:
+                reference = psnr_from_mse(level_mse())
+                return reference - psnr_from_mse(
+                    (start_sse - initial + float(sse.double().sum())) / total
+                )
+
+            float_mse, _ = bank_mse(bank.weights, bank.biases, coords, bank_blocks, masks)
+            child_sse[:] = float_mse * counts[ids]
+            fine_tune_quantized(
+                bank, bank_blocks, masks, coords, cfg.weight_bits, cost, cfg.qat_budget_db,
+                self._chunk,
+            )  # fmt: skip
+            quantized, _ = bank_mse(bank.weights, bank.biases, coords, bank_blocks, masks)
+            child_sse[:] = quantized * counts[ids]
+        spare = self._spare_sse(total)
+        if spare is not None:
+            gains = (energy[ids] * counts[ids]).double() - child_sse.double()
+            dropped = spared_mlps(gains, spare - total * level_mse())
+            keep_rows(bank, ~dropped)
+            child_sse[dropped] = (energy[ids] * counts[ids])[dropped]
+        self.level.stats[f"n_split{split}"] = int(bank.block_ids.numel())
+
+    # -------------------------------------------------------------------------- result
+    def _estimate(self) -> torch.Tensor:
+        """The level's estimate over the tile from every bank trained so far."""
+        estimate = self._base.clone()
+        for bank in (self.level, *self.level.extra):
+            if not bank.block_ids.numel():
+                continue
+            grid = bank.grid
+            coords = local_coordinates(grid.block_size, grid.ndim, estimate.device)
+            values = torch.zeros(
+                (grid.n_blocks, estimate.shape[0], grid.block_pixels), device=estimate.device
+            )
+            values[bank.block_ids] = bank_forward_chunked(bank.weights, bank.biases, coords)
+            estimate += grid.fold(values)
+        return estimate
+
     def result(self) -> TileResult:
         """The trained tile: its MLPs and the level's estimate over it (after :meth:`run`)."""
-        params = self.level
-        target = self._target
-        residual = torch.zeros_like(target)
-        if params.n_mlps:
-            grid = params.grid
-            values = torch.zeros(
-                (grid.n_blocks, target.shape[0], grid.block_pixels), device=target.device
-            )
-            values[params.block_ids] = bank_forward_chunked(
-                params.weights, params.biases, self._coords
-            )
-            residual = grid.fold(values)
-        return TileResult(params.to("cpu"), self._base + residual, self.steps, self.ended)
-
-
-def _exact_mse(
-    optimizer: CompactAdam,
-    goals: torch.Tensor,
-    masks: torch.Tensor | None,
-    n_channels: int,
-    coords: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact MSE of every optimised block on its real pixels, and the blocks' outputs.
-
-    Both are in the blocks' standardised units.
-    """
-    n_layers = len(optimizer.params) // 2
-    params = optimizer.params
-    out = bank_forward_chunked(params[:n_layers], params[n_layers:], coords)
-    sq = (out - goals).square()
-    if masks is None:
-        return sq.mean(dim=(1, 2)), out
-    return (sq * masks).sum(dim=(1, 2)) / (masks.sum(dim=(1, 2)) * n_channels), out
-
-
-def _store(
-    level: LevelParams,
-    optimizer: CompactAdam,
-    rows: torch.Tensor,
-    norm: _Standardization,
-    which: torch.Tensor,
-) -> None:
-    """Write the selected optimised blocks, standardisation folded in, into the level's bank."""
-    n_layers = len(level.weights)
-    params = optimizer.params
-    target_rows = rows[which]
-    scale = norm.scale[target_rows][:, None, None]
-    for layer in range(n_layers):
-        w, b = params[layer][which], params[n_layers + layer][which]
-        if layer == n_layers - 1:
-            w, b = w * scale, b * scale + norm.offset[target_rows][:, :, None]
-        level.weights[layer][target_rows] = w
-        level.biases[layer][target_rows] = b
+        return TileResult(self.level.to("cpu"), self._estimate(), self.steps, self.ended)
 
 
 class _OccupancyCounts:
@@ -337,39 +430,27 @@ class _OccupancyCounts:
         target_blocks: torch.Tensor,
         mask: torch.Tensor,
         threshold: float,
-        block_ids: torch.Tensor,
     ) -> None:
         self.threshold = threshold
-        valid = mask > 0
-        occupied = (target_blocks >= threshold) & valid
-        estimated = (base_blocks >= threshold) & valid
-        self.intersection = (occupied & estimated).sum(dim=(1, 2)).double()
-        self.union = (occupied | estimated).sum(dim=(1, 2)).double()
-        self._ids = block_ids
-        self._base = base_blocks[block_ids]
-        self._occupied = occupied[block_ids]
-        self._valid = valid[block_ids]
+        self._valid = mask > 0
+        self._occupied = (target_blocks >= threshold) & self._valid
+        self._base = base_blocks
+        estimated = (base_blocks >= threshold) & self._valid
+        self.intersection = (self._occupied & estimated).sum(dim=(1, 2)).double()
+        self.union = (self._occupied | estimated).sum(dim=(1, 2)).double()
 
-    def update(self, rows: torch.Tensor, prediction: torch.Tensor) -> None:
-        """Recount the blocks at bank ``rows`` given their predicted residuals."""
-        estimated = ((self._base[rows] + prediction) >= self.threshold) & self._valid[rows]
-        occupied = self._occupied[rows]
-        self.intersection[self._ids[rows]] = (occupied & estimated).sum(dim=(1, 2)).double()
-        self.union[self._ids[rows]] = (occupied | estimated).sum(dim=(1, 2)).double()
+    def update(self, ids: torch.Tensor, prediction: torch.Tensor) -> None:
+        """Recount the blocks ``ids`` given their predicted residuals."""
+        estimated = ((self._base[ids] + prediction) >= self.threshold) & self._valid[ids]
+        occupied = self._occupied[ids]
+        self.intersection[ids] = (occupied & estimated).sum(dim=(1, 2)).double()
+        self.union[ids] = (occupied | estimated).sum(dim=(1, 2)).double()
 
     @property
     def iou(self) -> float:
         """IoU of the level (1 when both sets are empty)."""
         union = float(self.union.sum())
         return 1.0 if union == 0 else float(self.intersection.sum()) / union
-
-
-@dataclass(frozen=True)
-class _Standardization:
-    """Per-block ``scale`` (n,) and per-block, per-channel ``offset`` (n, C) of the training targets."""
-
-    scale: torch.Tensor
-    offset: torch.Tensor
 
 
 def tile_seed(seed: int, level: int, index: Sequence[int]) -> int:

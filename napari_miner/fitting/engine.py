@@ -69,12 +69,19 @@ class Stopwatch:
 
 
 def final_reason(config: MinerConfig, stats: dict[str, Any]) -> str:
-    """Why a fit ended, from level 0's statistics: ``"target"`` or ``"completed"``."""
+    """Why a fit ended, from level 0's statistics.
+
+    ``"target"`` when it reached ``target_psnr`` (or ``target_iou``); otherwise why its level-0
+    tiles stopped short of it: ``"plateau"``, ``"max_steps"``, ``"retired"`` or ``"pruned"``
+    (the most frequent among them), or ``"completed"`` when that is not known (tiles of an
+    earlier run).
+    """
     if stats.get("psnr", -np.inf) >= config.target_psnr:
         return "target"
     if config.target_iou is not None and stats.get("iou", -np.inf) >= config.target_iou:
         return "target"
-    return "completed"
+    ended = {k: v for k, v in stats.get("ended", {}).items() if k != "target"}
+    return max(ended, key=ended.get) if ended else "completed"
 
 
 class FitEngine:
@@ -142,7 +149,7 @@ class FitEngine:
                 self.clock.pause()
                 self.sink.finish(self._metadata())
                 self.source.close(completed=True)
-            stats = self.sink.level_stats(0)
+            stats = self.sink.finished_stats(0)
             yield Finished(
                 self.model(),
                 float(stats.get("psnr", float("nan"))),
@@ -187,6 +194,7 @@ class FitEngine:
             mask = np.zeros(grid.grid_shape, dtype=bool)
         todo = [index for index in tiles if index not in done]
         whole = len(tiles) == 1
+        ended: dict[str, int] = {}
         for index, item in self.runner.train(
             level, todo, tile_blocks, threshold, lambda: self.clock.elapsed
         ):
@@ -202,6 +210,7 @@ class FitEngine:
                 continue
             assert isinstance(item, TileDone)
             done.add(index)
+            ended[item.ended] = ended.get(item.ended, 0) + 1
             mask[blocks] = item.mask
             self._pause()
             yield TileFinished(
@@ -212,6 +221,8 @@ class FitEngine:
             self.clock.start()
         stats = self.sink.level_stats(level)
         stats["elapsed_s"] = self.clock.elapsed
+        if ended:
+            stats["ended"] = ended  # why its tiles stopped (those trained in this run)
         self.sink.finish_level(level, stats)
         reconstruction = self.source.estimate_array(level)
         if reconstruction is None:

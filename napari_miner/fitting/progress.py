@@ -13,7 +13,15 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..core.config import MinerConfig
-from ..core.events import Event, Finished, Progress, ScaleFinished, ScaleStarted, TileFinished
+from ..core.events import (
+    MISSED_TARGET_HINTS,
+    Event,
+    Finished,
+    Progress,
+    ScaleFinished,
+    ScaleStarted,
+    TileFinished,
+)
 from ..core.layout import InputLayout
 from ..core.overlay import block_labels
 
@@ -172,21 +180,22 @@ class FitProgress:
     def outcome(self) -> str:
         """Whether the fit reached its target.
 
-        ``"target reached"``, or the reason it ended and the target missed, e.g.
-        ``"completed: target 40 dB not reached"``.
+        ``"target reached"``, or the reason it ended, the target missed and what would reach
+        it, e.g. ``"plateau: target 40 dB not reached (more capacity: raise max_splits, …)"``.
         """
         if self.reason == "target":
             return "target reached"
         target = f"target {self.target_psnr:g} dB"
         if self.target_iou is not None:
             target += f" or IoU {self.target_iou:g}"
-        return f"{self.reason}: {target} not reached"
+        hint = MISSED_TARGET_HINTS.get(self.reason)
+        return f"{self.reason}: {target} not reached" + (f" ({hint})" if hint else "")
 
     def describe(self) -> str:
         """One line: ``level 1 of 4 · tile 3/16 · step 40 · active 12/64 · PSNR 31.20 dB · 12.3 s``.
 
         Once the fit ended: ``done (target reached) · PSNR 40.12 dB · 9.8 s`` or
-        ``done (completed: target 40 dB not reached) · PSNR 38.21 dB · 9.3 s``.
+        ``done (max_steps: target 40 dB not reached (raise max_steps)) · PSNR 38.21 dB · 9.3 s``.
         """
         if self.finished:
             text = f"done ({self.outcome}) · PSNR {format_db(self.psnr)}"

@@ -31,7 +31,8 @@ from ..core.model import LevelParams, PyramidModel, empty_levels
 from ..core.tiles import tile_blocks_region, tile_indices, tiles_within
 from ..core.training import TileResult
 from ..io.atomic import PathLock, atomic_directory, remove_leftovers
-from ..io.schema import records_stats
+from ..io.records import records_stats
+from ..io.schema import level_headers
 from ..io.store import ModelStore, check_overwritable, is_model_store, store_tile_blocks
 from .sources import work_directory
 
@@ -51,7 +52,11 @@ def _level_ids(
 
 
 def _merged(into: LevelParams, tile: LevelParams, region: tuple[slice, ...]) -> LevelParams:
-    """``into`` with the MLPs of ``tile`` (a tile of the level at block ``region``) added."""
+    """``into`` with the MLPs of ``tile`` (a tile of the level at block ``region``) added.
+
+    Every bank is merged: a split bank's blocks are ``2**s`` times smaller, so its region is that
+    many times larger (clipped to its grid).
+    """
     ids = torch.cat([into.block_ids.cpu(), _level_ids(tile, region, into.grid.grid_shape)])
     order = torch.argsort(ids)
     weights = [
@@ -61,7 +66,16 @@ def _merged(into: LevelParams, tile: LevelParams, region: tuple[slice, ...]) -> 
     biases = [
         torch.cat([a.cpu(), b.cpu()])[order] for a, b in zip(into.biases, tile.biases, strict=True)
     ]
-    return LevelParams(into.grid, ids[order], weights, biases, dict(into.stats))
+    extra = []
+    for mine, theirs in zip(into.extra, tile.extra, strict=True):
+        factor = into.grid.block_size // mine.grid.block_size
+        scaled = tuple(
+            slice(r.start * factor, min(r.stop * factor, g))
+            for r, g in zip(region, mine.grid.grid_shape, strict=True)
+        )
+        extra.append(_merged(mine, theirs, scaled))
+    bits = tile.bits if tile.bits is not None else into.bits
+    return LevelParams(into.grid, ids[order], weights, biases, dict(into.stats), tuple(extra), bits)
 
 
 class MemorySink:
@@ -127,6 +141,10 @@ class MemorySink:
         """Store the statistics of a finished level."""
         self.levels[level].stats = dict(stats)
 
+    def finished_stats(self, level: int) -> dict[str, Any]:
+        """The statistics stored when ``level`` finished."""
+        return dict(self.levels[level].stats)
+
     def checkpoint(self, train_time_s: float, force: bool = False) -> None:
         """Nothing to persist in memory."""
 
@@ -162,30 +180,51 @@ class StoreWriter:
         block_stats: dict[str, np.ndarray],
         elapsed_s: float,
     ) -> None:
-        """Write a trained tile (see :class:`~napari_miner.fitting.work.TileWriter`)."""
+        """Write a trained tile (see :class:`~napari_miner.fitting.work.TileWriter`).
+
+        The training tile is cut into the store's tiles; every bank is written densely (zeros
+        where a block has no MLP).
+        """
         store = self.store
-        grid = store.grid(level)
-        params = result.level
-        shape = params.grid.grid_shape
-        width = store.header.levels[level].params_per_mlp
-        mask = np.zeros(int(np.prod(shape)), dtype=np.uint8)
-        dense = np.zeros((mask.size, width), dtype="<f4")
-        ids = params.block_ids.cpu().numpy()
-        mask[ids] = 1
-        if ids.size:
-            dense[ids] = pack_bank(params.weights, params.biases).numpy()
-        mask, dense = mask.reshape(shape), dense.reshape(*shape, width)
-        origin = [r.start for r in tile_blocks_region(grid, tile_blocks, index)]
-        total = mask.size
-        for inner in tiles_within(grid, tile_blocks, index, store.tile_blocks(level)):
-            region = tile_blocks_region(grid, store.tile_blocks(level), inner)
+        info = store.header.levels[level]
+        banks = (result.level, *result.level.extra)
+        dense = [
+            _dense(bank, header.params_per_mlp)
+            for bank, header in zip(banks, info.banks, strict=True)
+        ]
+        origin = tile_blocks_region(info.grid, tile_blocks, index)
+        total = dense[0][0].size
+        for inner in tiles_within(info.grid, tile_blocks, index, store.tile_blocks(level)):
+            tile = []
+            for header, (mask, params) in zip(info.banks, dense, strict=True):
+                factor = info.grid.block_size // header.grid.block_size
+                region = tile_blocks_region(header.grid, header.tile_blocks, inner)
+                local = tuple(
+                    slice(r.start - o.start * factor, r.stop - o.start * factor)
+                    for r, o in zip(region, origin, strict=True)
+                )
+                tile.append((mask[local], params[local]))
+            main = tile_blocks_region(info.grid, store.tile_blocks(level), inner)
             local = tuple(
-                slice(r.start - o, r.stop - o) for r, o in zip(region, origin, strict=True)
+                slice(r.start - o.start, r.stop - o.start)
+                for r, o in zip(main, origin, strict=True)
             )
             stats = {name: float(values[local].sum()) for name, values in block_stats.items()}
             stats["steps"] = result.steps
-            stats["elapsed_s"] = elapsed_s * mask[local].size / total
-            store.write_tile(level, inner, mask[local], dense[local], stats)
+            stats["elapsed_s"] = elapsed_s * tile[0][0].size / total
+            store.write_tile(level, inner, tile, stats)
+
+
+def _dense(bank: LevelParams, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A bank's ``(*grid)`` mask and ``(*grid, P)`` packed MLPs (zeros where a block has none)."""
+    shape = bank.grid.grid_shape
+    mask = np.zeros(int(np.prod(shape)), dtype=np.uint8)
+    dense = np.zeros((mask.size, width), dtype="<f4")
+    ids = bank.block_ids.cpu().numpy()
+    mask[ids] = 1
+    if ids.size:
+        dense[ids] = pack_bank(bank.weights, bank.biases).numpy()
+    return mask.reshape(shape), dense.reshape(*shape, width)
 
 
 def _plan_attribute(plan: list[tuple[int, ...]]) -> dict[str, Any]:
@@ -236,26 +275,20 @@ def open_fit_store(
             shutil.rmtree(target) if target.is_dir() else target.unlink()
             shutil.rmtree(work_directory(target), ignore_errors=True)
         remove_leftovers(target)
-        tiles = [
-            store_tile_blocks(grid, width, within)
-            for grid, width, within in _level_geometry(layout, config, plan)
-        ]
+        bits = [config.weight_bits] * config.n_levels
+        ones = [(1,) * len(layout.spatial_shape)] * config.n_levels
+        headers = level_headers(layout, config, ones, bits)
+        tiles = [store_tile_blocks(h, within) for h, within in zip(headers, plan, strict=True)]
         with atomic_directory(target) as temporary:
             ModelStore.create(
-                temporary, layout, config, tiles, metadata, input_info, _plan_attribute(plan)
-            )
+                temporary, layout, config, tiles, metadata, input_info, _plan_attribute(plan),
+                bits,
+            )  # fmt: skip
         shutil.rmtree(work_directory(target) / "estimates", ignore_errors=True)  # of another fit
         return ModelStore.open(target), lock
     except BaseException:
         lock.release()
         raise
-
-
-def _level_geometry(layout: InputLayout, config: MinerConfig, plan: list[tuple[int, ...]]) -> list:
-    from ..io.schema import level_headers
-
-    headers = level_headers(layout, config, [(1,) * len(layout.spatial_shape)] * config.n_levels)
-    return [(h.grid, h.params_per_mlp, within) for h, within in zip(headers, plan, strict=True)]
 
 
 def _resumable(
@@ -349,6 +382,10 @@ class StoreSink:
     def finish_level(self, level: int, stats: dict[str, Any]) -> None:
         """Store the statistics of a finished level."""
         self.store.update_level(level, stats=stats)
+
+    def finished_stats(self, level: int) -> dict[str, Any]:
+        """The statistics stored when ``level`` finished."""
+        return self.store.level_stats(level)
 
     def checkpoint(self, train_time_s: float, force: bool = False) -> None:
         """Save the training time spent so far (throttled), so that a resumed fit counts it."""

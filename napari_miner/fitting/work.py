@@ -201,6 +201,7 @@ class TileWork:
         training = LevelTraining(
             level, target, base, config, generator, coords, chunk, clock, threshold
         )
+        training.error_floor = self.layout.rounding_mse
         block_region = tuple(
             slice(r.start // config.block_size, -(-r.stop // config.block_size)) for r in region
         )
@@ -208,7 +209,7 @@ class TileWork:
         yield from training.run()
         self.current = None
         result = training.result()
-        stats = self._block_stats(result.estimate, target)
+        stats = self._block_stats(self.layout.as_decoded(result.estimate), target)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - started

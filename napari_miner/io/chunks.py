@@ -118,6 +118,11 @@ def default_compressor() -> dict[str, Any]:
     return {"id": "blosc", "cname": "zstd", "clevel": 5, "shuffle": 1, "blocksize": 0}
 
 
+def quantized_compressor() -> dict[str, Any]:
+    """Blosc with zstd at its strongest and bit shuffle, for quantised weights (zigzag codes)."""
+    return {"id": "blosc", "cname": "zstd", "clevel": 9, "shuffle": 2, "blocksize": 0}
+
+
 @dataclass(frozen=True)
 class ArraySpec:
     """The metadata of one zarr v2 array (what its ``.zarray`` says).
@@ -267,7 +272,7 @@ def read_json(path: Path, what: str) -> Any:
 
 def write_json(path: Path, document: Any) -> None:
     """Write a JSON document atomically (temporary file, then rename)."""
-    _write_bytes(path, json.dumps(document, indent=1, allow_nan=False).encode())
+    _write_bytes(path, json.dumps(document, separators=(",", ":"), allow_nan=False).encode())
 
 
 def _write_bytes(path: Path, data: bytes, durable: bool = False) -> None:

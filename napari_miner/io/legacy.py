@@ -30,17 +30,17 @@ from ..core.model import LevelParams, PyramidModel
 from ..core.pyramid import level_shapes
 from ..core.tiles import tile_blocks_region, tile_grid
 from .chunks import ArraySpec, read_chunk, read_file, read_json
+from .records import TileRecord, records_stats
 from .schema import (
     MAX_PARAM,
-    RECORD_BYTES,
+    RECORD_BYTES_V2,
+    BankHeader,
     LevelHeader,
     StoreListing,
-    TileRecord,
     check_params,
     from_json,
     parse_config,
     parse_layout,
-    records_stats,
 )
 from .stored_level import StoredLevel
 
@@ -55,7 +55,10 @@ MAX_LEGACY_CHUNK_BYTES = 256 << 20
 def load_legacy(listing: StoreListing, attributes: dict[str, Any]) -> PyramidModel:
     """The model in a format-1 or format-2 store (read-only, validated)."""
     where = str(listing.root)
-    config = parse_config(attributes.get("config"), where)
+    values = attributes.get("config")
+    if isinstance(values, dict):  # settings added since: what these releases did
+        values = {"weight_bits": None, "max_splits": 0, **values}
+    config = parse_config(values, where)
     layout = parse_layout(attributes.get("layout"), config, where)
     metadata = attributes.get("metadata", {})
     if not isinstance(metadata, dict):
@@ -226,8 +229,9 @@ class TiledStoreV2:
                 grid.ndim, config.width_at(j), config.hidden_layers, layout.n_channels
             )
             stats = from_json(info.get("stats", {}))
+            bank = BankHeader("main", grid, tuple(tiles), sizes)
             header = LevelHeader(
-                grid, tuple(tiles), 0, stats=stats if isinstance(stats, dict) else {}
+                grid, tuple(tiles), [bank], stats=stats if isinstance(stats, dict) else {}
             )
             specs = {"mask": _array(listing, f"levels/{j}/mask", grid.grid_shape, "|u1")}
             for k, (n_out, n_in) in enumerate(sizes):
@@ -237,7 +241,7 @@ class TiledStoreV2:
                         listing, f"levels/{j}/{name}", (*grid.grid_shape, *tail), "<f4"
                     )
             tgrid = tile_grid(grid, tiles)
-            specs["tiles"] = _array(listing, f"levels/{j}/tiles", (*tgrid, RECORD_BYTES), "|u1")
+            specs["tiles"] = _array(listing, f"levels/{j}/tiles", (*tgrid, RECORD_BYTES_V2), "|u1")
             self._levels.append(header)
             self._specs.append(specs)
             self._records.append(self._read_records(listing, j, header))
@@ -257,11 +261,11 @@ class TiledStoreV2:
             if any(i >= g for i, g in zip(index, header.tile_grid, strict=True)):
                 continue
             what = f"{listing.root}: record {name}"
-            raw = read_file(listing.root / name, RECORD_BYTES, what) or b""
-            if self.status != "complete" and TileRecord.is_crash_artefact(raw):
+            raw = read_file(listing.root / name, RECORD_BYTES_V2, what) or b""
+            if self.status != "complete" and TileRecord.is_crash_artefact(raw, RECORD_BYTES_V2):
                 continue  # an unfinished tile
             try:
-                records[index] = TileRecord.decode(raw)
+                records[index] = TileRecord.decode(raw, RECORD_BYTES_V2)
             except ValueError as error:
                 raise ModelFormatError(
                     f"{listing.root}: the record of tile {index} of level {level} is damaged: "
@@ -274,11 +278,11 @@ class TiledStoreV2:
             )
         return records
 
-    def grid(self, level: int) -> BlockGrid:  # noqa: D102 - see TileStore
-        return self._levels[level].grid
+    def banks(self, level: int) -> list[BankHeader]:  # noqa: D102 - see TileStore
+        return self._levels[level].banks
 
-    def tile_blocks(self, level: int) -> tuple[int, ...]:  # noqa: D102
-        return self._levels[level].tile_blocks
+    def level_bits(self, level: int) -> int | None:  # noqa: D102
+        return None
 
     def records(self, level: int) -> dict[tuple[int, ...], TileRecord]:  # noqa: D102
         return self._records[level]
@@ -289,8 +293,8 @@ class TiledStoreV2:
             return dict(info.stats)
         return records_stats(self._records[level], info, self.config.iou_threshold is not None)
 
-    def read_tile(self, level: int, index: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-        """A verified tile: its mask and its MLPs packed as in format 3."""
+    def read_tile(self, level: int, index: tuple[int, ...]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """A verified tile: its one bank's mask and MLPs, packed as in format 3."""
         what = f"{self.path}: tile {index} of level {level}"
         specs = self._specs[level]
         base = self.path / "levels" / str(level)
@@ -308,7 +312,8 @@ class TiledStoreV2:
             raise ModelFormatError(f"{what} does not match its checksum: the store is damaged")
         if int(mask.sum()) != record.n_mlps or mask.max(initial=0) > 1:
             raise ModelFormatError(f"{what}: its block mask disagrees with its record")
-        region = tile_blocks_region(self.grid(level), self.tile_blocks(level), index)
+        header = self._levels[level]
+        region = tile_blocks_region(header.grid, header.tile_blocks, index)
         shape = tuple(r.stop - r.start for r in region)
         n = math.prod(shape)
         packed = pack_bank(
@@ -316,4 +321,4 @@ class TiledStoreV2:
             [torch.from_numpy(np.ascontiguousarray(b).reshape(n, *b.shape[-2:])) for b in biases],
         ).numpy()
         check_params(packed, what)
-        return mask, packed.reshape(*shape, -1)
+        return [(mask, packed.reshape(*shape, -1))]

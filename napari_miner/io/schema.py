@@ -7,16 +7,18 @@ anything of it is used, :func:`open_listing` and :func:`parse_header` check:
   the store is ever read, copied or written through it, and no read can block on a FIFO);
 * the root attributes: format name and version, every attribute's type and range (config, layout,
   levels, metadata), non-finite numbers only where allowed;
-* the arrays: for every level, the ``.zarray`` of ``mask``, ``params`` and ``records`` must state
-  exactly the shape, chunks and dtype that the config and layout imply, and a whitelisted compressor
-  (:mod:`napari_miner.io.chunks`);
+* the arrays: for every level and every bank of it (:mod:`napari_miner.core.banks`), the
+  ``.zarray`` of ``mask``, ``params`` (and ``scales`` when the level is quantised) and the level's
+  ``records`` must state exactly the shape, chunks and dtype that the config and layout imply, and a
+  whitelisted compressor (:mod:`napari_miner.io.chunks`);
 * the size: level 0 may have at most :data:`~napari_miner.core.config.MAX_BLOCKS` blocks (the
   config's own rule; the active-blocks overlay holds one byte per level-0 block), tiles at most
   :data:`MAX_TILE_BLOCKS` blocks;
-* the tile records (:func:`read_records`): their file names, sizes and fields; a store marked
+* the tile records (:func:`napari_miner.io.records.read_records`): their file names, sizes and fields; a store marked
   complete must have every tile's record, and every recorded tile must have its chunk files;
-* a tile's data when it is read (:func:`check_params`): its checksum, and finite weights of sane
-  magnitude (so that decoding never yields NaN or infinite values).
+* a tile's data when it is read: its checksum; quantised weights whose codes lie on their grid
+  and whose scale codes are in range (:func:`check_quantized`); finite weights of sane
+  magnitude (:func:`check_params`), so that decoding never yields NaN, infinite or made-up values.
 
 Nothing is allocated in proportion to what the attributes claim: only to what the directory holds,
 and to one tile at a time. Every problem is a :class:`~napari_miner.core.errors.ModelFormatError`
@@ -26,19 +28,30 @@ Format version 3 (written since napari-miner 0.2), a zarr v2 group::
 
     model.miner.zarr/
         .zgroup, .zattrs        format, format_version, status ("fitting" | "complete"), config,
-                                layout, metadata, input, levels (per level: tile_blocks,
+                                layout, metadata, input, levels (per level: tile_blocks, bits,
                                 prune_threshold, n_active, stats), fit (training plan)
-        levels/{j}/mask         (*grid) uint8, 1 where a block has an MLP; chunks = one tile
-        levels/{j}/params       (*grid, P_j) float32, every block's MLP packed (see
-                                napari_miner.core.mlp_bank.pack_bank); chunks = one tile
-        levels/{j}/records      (*tile grid, 96) uint8, uncompressed, one chunk per tile:
-                                SHA-256 of the tile's mask and params, then 8 float64 fields
-                                (done, n_mlps, sse, count, steps, elapsed_s, intersection, union)
+        levels/{j}/{bank}/mask  (*bank grid) uint8, 1 where a block of the bank has an MLP;
+                                chunks = one tile. Banks: "main", "lite" (narrow MLPs of smooth
+                                blocks), "split1"... (children of split blocks, level 0 only)
+        levels/{j}/{bank}/params
+                                (*bank grid, P) every block's MLP packed (see
+                                napari_miner.core.mlp_bank.pack_bank): float32 when the level's
+                                ``bits`` is null, else uint16 zigzag codes of the integer weights
+                                (Blosc zstd with bit shuffle); chunks = one tile
+        levels/{j}/{bank}/scales
+                                (*bank grid, 2 x layers) int16, quantised levels only: the scale
+                                code c of every block's layer weights and biases (weight =
+                                integer x 2**(c/16); -32768: zeros; see napari_miner.core.quantize)
+        levels/{j}/records      (*tile grid, 144) uint8, uncompressed, one chunk per tile:
+                                SHA-256 of the tile's arrays, then 8 float64 fields (done, n_mlps,
+                                sse, count, steps, elapsed_s, intersection, union) and the MLP count
+                                of each of up to 6 banks
 
 A tile's record is written after its data, so a tile without a record is unfinished (a fit that is
 still running or was interrupted); a finished tile's data is verified against its checksum when read.
-In a store being fitted, a record that is shorter than 96 bytes or all zeros (what a crash can leave
-of a file being written) also marks an unfinished tile; any other invalid record is damage.
+In a store being fitted, a record that is shorter than 144 bytes or all zeros (what a crash can
+leave of a file being written) also marks an unfinished tile; any other invalid record is damage.
+Stores of formats 1 and 2 (napari-miner 0.1) are read by :mod:`napari_miner.io.legacy`.
 """
 
 from __future__ import annotations
@@ -51,15 +64,16 @@ from typing import Any
 
 import numpy as np
 
+from ..core.banks import level_banks
 from ..core.blocks import BlockGrid
 from ..core.config import MinerConfig
 from ..core.errors import MinerError, ModelFormatError
 from ..core.layout import InputLayout
-from ..core.metrics import psnr_from_mse
-from ..core.mlp_bank import layer_sizes, params_per_mlp
+from ..core.mlp_bank import params_per_mlp
 from ..core.pyramid import level_shapes
+from ..core.quantize import SCALE_CODE_LIMIT, ZERO_SCALE, code_limits
 from ..core.tiles import tile_grid
-from .chunks import ArraySpec, default_compressor, read_file, read_json
+from .chunks import ArraySpec, default_compressor, quantized_compressor, read_json
 
 __all__ = [
     "FORMAT_NAME",
@@ -70,7 +84,6 @@ __all__ = [
     "StoreHeader",
     "open_listing",
     "parse_header",
-    "read_records",
 ]
 
 FORMAT_NAME = "napari-miner.model"
@@ -84,8 +97,12 @@ SUFFIX = ".miner.zarr"
 
 STATUSES = ("fitting", "complete")
 RECORD_FIELDS = ("done", "n_mlps", "sse", "count", "steps", "elapsed_s", "intersection", "union")
+MAX_BANKS = 6
+"""Banks a level may have (main, lite and up to 4 splits): each record counts every bank's MLPs."""
 DIGEST_BYTES = 32
-RECORD_BYTES = DIGEST_BYTES + 8 * len(RECORD_FIELDS)
+RECORD_BYTES = DIGEST_BYTES + 8 * (len(RECORD_FIELDS) + MAX_BANKS)
+RECORD_BYTES_V2 = DIGEST_BYTES + 8 * len(RECORD_FIELDS)
+"""Records of format 2 (one bank, no per-bank counts)."""
 MAX_TILE_BLOCKS = 1 << 16
 """Most blocks a tile (one chunk) may hold."""
 MAX_CHUNK_BYTES = 64 << 20
@@ -252,6 +269,21 @@ def check_params(params: np.ndarray, what: str) -> None:
         )
 
 
+def check_quantized(
+    codes: np.ndarray, scales: np.ndarray, sizes: list[tuple[int, int]], bits: int, what: str
+) -> None:
+    """Refuse quantised MLPs whose codes exceed their layer's grid or whose scales are invalid."""
+    if codes.size and bool((codes.reshape(-1, codes.shape[-1]) > code_limits(sizes, bits)).any()):
+        raise ModelFormatError(
+            f"{what} holds integer weights outside their {bits}-bit grid: the store is damaged"
+        )
+    valid = (np.abs(scales.astype(np.int64)) <= SCALE_CODE_LIMIT) | (scales == ZERO_SCALE)
+    if not bool(valid.all()):
+        raise ModelFormatError(
+            f"{what} holds weight scale codes out of range: the store is damaged"
+        )
+
+
 def _json_object(value: Any, what: str, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ModelFormatError(f"{where}: the {what!r} attribute is not a JSON object")
@@ -267,16 +299,70 @@ def _number_or_none(value: Any, what: str, where: str) -> float | None:
     return float(value)
 
 
+@dataclass(frozen=True)
+class BankHeader:
+    """One bank of a level in a store (see :mod:`napari_miner.core.banks`).
+
+    Attributes
+    ----------
+    name : str
+        ``"main"`` or ``"split{s}"``: the bank's arrays are ``levels/{j}/{name}/...``.
+    grid : BlockGrid
+        The bank's block grid.
+    tile_blocks : tuple of int
+        The level's tiles in the bank's blocks (finer banks have more blocks per tile).
+    sizes : list of (int, int)
+        ``(out, in)`` of the layers of its MLPs.
+    """
+
+    name: str
+    grid: BlockGrid
+    tile_blocks: tuple[int, ...]
+    sizes: list[tuple[int, int]]
+
+    @property
+    def params_per_mlp(self) -> int:
+        """Scalars of one MLP."""
+        return params_per_mlp(self.sizes)
+
+    @property
+    def n_scales(self) -> int:
+        """Scales of a quantised MLP: one for the weights and one for the biases of each layer."""
+        return 2 * len(self.sizes)
+
+    def specs(self, bits: int | None) -> dict[str, ArraySpec]:
+        """The bank's arrays (``mask``, ``params`` and, quantised, ``scales``)."""
+        grid, tiles, p = self.grid.grid_shape, self.tile_blocks, self.params_per_mlp
+        compressor = default_compressor()
+        if bits is None:
+            return {
+                "mask": ArraySpec(grid, tiles, "|u1", compressor),
+                "params": ArraySpec((*grid, p), (*tiles, p), "<f4", compressor),
+            }
+        n = self.n_scales
+        return {
+            "mask": ArraySpec(grid, tiles, "|u1", compressor),
+            "params": ArraySpec((*grid, p), (*tiles, p), "<u2", quantized_compressor()),
+            "scales": ArraySpec((*grid, n), (*tiles, n), "<i2", compressor),
+        }
+
+
 @dataclass
 class LevelHeader:
     """What the attributes say about one level (all of it checked)."""
 
     grid: BlockGrid
     tile_blocks: tuple[int, ...]
-    params_per_mlp: int
+    banks: list[BankHeader]
+    bits: int | None = None
     prune_threshold: float | None = None
     n_active: int | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def params_per_mlp(self) -> int:
+        """Scalars of one MLP of the main bank."""
+        return self.banks[0].params_per_mlp
 
     @property
     def tile_grid(self) -> tuple[int, ...]:
@@ -289,15 +375,13 @@ class LevelHeader:
         return math.prod(self.tile_grid)
 
     def specs(self) -> dict[str, ArraySpec]:
-        """The arrays of the level, as the store must hold them."""
-        grid, tiles, p = self.grid.grid_shape, self.tile_blocks, self.params_per_mlp
-        ones = (1,) * len(grid)
-        compressor = default_compressor()
-        return {
-            "mask": ArraySpec(grid, tiles, "|u1", compressor),
-            "params": ArraySpec((*grid, p), (*tiles, p), "<f4", compressor),
-            "records": ArraySpec((*self.tile_grid, RECORD_BYTES), (*ones, RECORD_BYTES), "|u1"),
-        }
+        """The arrays of the level, as the store must hold them: the records, then each bank's."""
+        ones = (1,) * self.grid.ndim
+        records = ArraySpec((*self.tile_grid, RECORD_BYTES), (*ones, RECORD_BYTES), "|u1")
+        specs = {"records": records}
+        for bank in self.banks:
+            specs.update({f"{bank.name}/{k}": v for k, v in bank.specs(self.bits).items()})
+        return specs
 
 
 @dataclass
@@ -321,21 +405,31 @@ class StoreHeader:
 
 
 def level_headers(
-    layout: InputLayout, config: MinerConfig, tile_blocks: list[tuple[int, ...]]
+    layout: InputLayout,
+    config: MinerConfig,
+    tile_blocks: list[tuple[int, ...]],
+    bits: list[int | None] | None = None,
 ) -> list[LevelHeader]:
-    """The level headers of a new store (no threshold, no stats yet)."""
+    """The level headers of a store of ``layout`` and ``config`` (no threshold, no stats yet).
+
+    ``bits`` gives each level's quantisation (``None``: float32 weights; default: all float32).
+    """
     shapes = level_shapes(layout.spatial_shape, config.n_levels)
     ndim = len(layout.spatial_shape)
-    return [
-        LevelHeader(
-            BlockGrid(shape, config.block_size),
-            tuple(int(t) for t in tiles),
-            params_per_mlp(
-                layer_sizes(ndim, config.width_at(j), config.hidden_layers, layout.n_channels)
-            ),
-        )
-        for j, (shape, tiles) in enumerate(zip(shapes, tile_blocks, strict=True))
-    ]
+    bits = bits if bits is not None else [None] * config.n_levels
+    headers = []
+    for j, (shape, tiles, level_bits) in enumerate(zip(shapes, tile_blocks, bits, strict=True)):
+        tiles = tuple(int(t) for t in tiles)
+        banks = []
+        for spec in level_banks(config, j):
+            factor = config.block_size // spec.block_size
+            grid = spec.grid(shape)
+            scaled = tuple(min(t * factor, g) for t, g in zip(tiles, grid.grid_shape, strict=True))
+            banks.append(
+                BankHeader(spec.name, grid, scaled, spec.layer_sizes(ndim, layout.n_channels))
+            )
+        headers.append(LevelHeader(BlockGrid(shape, config.block_size), tiles, banks, level_bits))
+    return headers
 
 
 def parse_header(listing: StoreListing, attributes: dict[str, Any]) -> StoreHeader:
@@ -367,22 +461,35 @@ def parse_attributes(root: Path, attributes: dict[str, Any]) -> StoreHeader:
         raise ModelFormatError(
             f"{where}: the 'levels' attribute must list {config.n_levels} levels (n_levels)"
         )
-    tiles = [_tile_blocks(info, j, config, where) for j, info in enumerate(raw_levels)]
-    levels = level_headers(layout, config, tiles)
+    ndim = len(layout.spatial_shape)
+    tiles = [_tile_blocks(info, j, ndim, where) for j, info in enumerate(raw_levels)]
+    bits = [_level_bits(info, j, where) for j, info in enumerate(raw_levels)]
+    levels = level_headers(layout, config, tiles, bits)
     for j, (level, info) in enumerate(zip(levels, raw_levels, strict=True)):
         _check_level(level, info, j, where)
     return StoreHeader(root, status, config, layout, metadata, input_info, levels, fit, attributes)
 
 
-def _tile_blocks(info: Any, j: int, config: MinerConfig, where: str) -> tuple[int, ...]:
+def _tile_blocks(info: Any, j: int, ndim: int, where: str) -> tuple[int, ...]:
     if not isinstance(info, dict):
         raise ModelFormatError(f"{where}: level {j} is not a JSON object")
     tiles = info.get("tile_blocks")
-    if not (isinstance(tiles, list) and tiles and all(_is_count(t) and t >= 1 for t in tiles)):
+    if not (
+        isinstance(tiles, list)
+        and len(tiles) == ndim
+        and all(_is_count(t) and t >= 1 for t in tiles)
+    ):
         raise ModelFormatError(
-            f"{where}: level {j} tile_blocks {tiles!r} must be positive integers"
+            f"{where}: level {j} tile_blocks {tiles!r} must be {ndim} positive integers"
         )
     return tuple(tiles)
+
+
+def _level_bits(info: dict[str, Any], j: int, where: str) -> int | None:
+    bits = info.get("bits")
+    if bits is not None and not (_is_count(bits) and 4 <= bits <= 16):
+        raise ModelFormatError(f"{where}: level {j} bits {bits!r} must be null or 4 to 16")
+    return bits
 
 
 def _is_count(value: Any) -> bool:
@@ -398,9 +505,12 @@ def _check_level(level: LevelHeader, info: dict[str, Any], j: int, where: str) -
             f"{where}: level {j} tile_blocks {list(level.tile_blocks)} do not fit its block grid "
             f"{list(grid.grid_shape)}"
         )
-    blocks = math.prod(level.tile_blocks)
-    if blocks > MAX_TILE_BLOCKS or blocks * level.params_per_mlp * 4 > MAX_CHUNK_BYTES:
-        raise ModelFormatError(f"{where}: level {j} tiles of {list(level.tile_blocks)} are too big")
+    for bank in level.banks:
+        blocks = math.prod(bank.tile_blocks)
+        if blocks > MAX_TILE_BLOCKS or blocks * bank.params_per_mlp * 4 > MAX_CHUNK_BYTES:
+            raise ModelFormatError(
+                f"{where}: level {j} tiles of {list(level.tile_blocks)} are too big"
+            )
     level.prune_threshold = _number_or_none(
         info.get("prune_threshold"), f"level {j} threshold", where
     )
@@ -428,152 +538,3 @@ def _check_array(listing: StoreListing, name: str, expected: ArraySpec) -> None:
         )
     if (found.compressor is None) != (expected.compressor is None):
         raise ModelFormatError(f"{where} is {'not ' if found.compressor is None else ''}compressed")
-
-
-# ---------------------------------------------------------------------------------- records
-@dataclass(frozen=True)
-class TileRecord:
-    """A finished tile's record: the checksum of its data, and its statistics."""
-
-    digest: bytes
-    n_mlps: int
-    sse: float
-    count: float
-    steps: int
-    elapsed_s: float
-    intersection: float
-    union: float
-
-    @staticmethod
-    def is_crash_artefact(raw: bytes) -> bool:
-        """Whether ``raw`` is what a crash can leave of a record being written (short or zeros)."""
-        return len(raw) < RECORD_BYTES or not any(raw)
-
-    @classmethod
-    def decode(cls, raw: bytes) -> TileRecord:
-        """Parse the bytes of a record (raises ``ValueError`` for an invalid one)."""
-        if len(raw) != RECORD_BYTES:
-            raise ValueError(f"{len(raw)} bytes instead of {RECORD_BYTES}")
-        values = np.frombuffer(raw[DIGEST_BYTES:], dtype="<f8")
-        fields = dict(zip(RECORD_FIELDS, (float(v) for v in values), strict=True))
-        if not all(math.isfinite(v) and v >= 0 for v in fields.values()):
-            raise ValueError("a field is negative or not finite")
-        if fields["done"] != 1.0:
-            raise ValueError("not marked done")
-        for name in ("n_mlps", "steps"):
-            if fields[name] != int(fields[name]):
-                raise ValueError(f"{name} is not an integer")
-        if not fields["intersection"] <= fields["union"] <= max(fields["count"], 0.0):
-            raise ValueError("inconsistent occupancy counts")
-        return cls(
-            raw[:DIGEST_BYTES], int(fields["n_mlps"]), fields["sse"], fields["count"],
-            int(fields["steps"]), fields["elapsed_s"], fields["intersection"], fields["union"],
-        )  # fmt: skip
-
-    def encode(self) -> bytes:
-        """The record's bytes (checksum first, then the fields)."""
-        values = [
-            1.0, self.n_mlps, self.sse, self.count, self.steps, self.elapsed_s,
-            self.intersection, self.union,
-        ]  # fmt: skip
-        return self.digest + np.asarray(values, dtype="<f8").tobytes()
-
-
-def read_records(
-    listing: StoreListing, header: StoreHeader, level: int
-) -> dict[tuple[int, ...], TileRecord]:
-    """The records of the finished tiles of ``level``, each checked, with its chunk files present.
-
-    In a complete store every tile must have one. A record that cannot be parsed is an error,
-    except in a store being fitted, where a record that a crash could have left (shorter than a
-    record, or zeros) marks an unfinished tile.
-    """
-    where = str(listing.root)
-    info = header.levels[level]
-    grid_shape = info.tile_grid
-    prefix = f"levels/{level}/records/"
-    records: dict[tuple[int, ...], TileRecord] = {}
-    for name in listing.files:
-        if not name.startswith(prefix) or name == prefix + ".zarray":
-            continue
-        key = name[len(prefix) :]
-        index = _record_index(key, grid_shape)
-        if index is None:
-            if key.startswith(".zattrs") or ".tmp-" in key:
-                continue  # attributes, or a record being written
-            raise ModelFormatError(f"{where}: {name} is not a tile record of level {level}")
-        raw = read_file(listing.root / name, RECORD_BYTES, f"{where}: record {name}") or b""
-        if not header.complete and TileRecord.is_crash_artefact(raw):
-            continue  # its writer was interrupted: the tile is unfinished
-        try:
-            record = TileRecord.decode(raw)
-            blocks = math.prod(
-                min(t, g - i * t)
-                for t, g, i in zip(info.tile_blocks, info.grid.grid_shape, index, strict=True)
-            )
-            if record.n_mlps > blocks:
-                raise ValueError(f"{record.n_mlps} MLPs in a tile of {blocks} blocks")
-        except ValueError as error:
-            raise ModelFormatError(
-                f"{where}: the record of tile {index} of level {level} ({name}) is damaged: {error}"
-            ) from None
-        chunk = ".".join(map(str, index))
-        for array in ("mask", "params"):
-            file = f"levels/{level}/{array}/{chunk}" + (".0" if array == "params" else "")
-            if not listing.has(file):
-                raise ModelFormatError(
-                    f"{where}: tile {index} of level {level} is recorded as finished but its "
-                    f"{array} chunk {file} is missing (damaged store)"
-                )
-        records[index] = record
-    if header.complete and len(records) != info.n_tiles:
-        missing = _first_missing(records, grid_shape)
-        raise ModelFormatError(
-            f"{where}: the store is marked complete but {info.n_tiles - len(records)} of "
-            f"{info.n_tiles} tiles of level {level} have no record"
-            + (f" (tile {missing}, {prefix}{'.'.join(map(str, missing))}.0)" if missing else "")
-            + ": it is damaged"
-        )
-    return records
-
-
-def records_stats(
-    records: dict[tuple[int, ...], TileRecord], level: LevelHeader, iou: bool
-) -> dict[str, Any]:
-    """Statistics of a level summed over its finished tiles' records."""
-    values = records.values()
-    count = sum(r.count for r in values)
-    stats: dict[str, Any] = {
-        "n_blocks": level.grid.n_blocks,
-        "n_mlps": sum(r.n_mlps for r in values),
-        "steps": max((r.steps for r in values), default=0),
-        "tiles_done": len(records),
-        "n_tiles": level.n_tiles,
-    }
-    if count:
-        stats["psnr"] = psnr_from_mse(sum(r.sse for r in values) / count)
-        if iou:
-            union = sum(r.union for r in values)
-            stats["iou"] = 1.0 if union == 0 else sum(r.intersection for r in values) / union
-    return stats
-
-
-def _record_index(key: str, grid_shape: tuple[int, ...]) -> tuple[int, ...] | None:
-    parts = key.split(".")
-    if len(parts) != len(grid_shape) + 1 or parts[-1] != "0":
-        return None
-    if not all(p.isascii() and p.isdigit() for p in parts):
-        return None
-    index = tuple(int(p) for p in parts[:-1])
-    return index if all(0 <= i < g for i, g in zip(index, grid_shape, strict=True)) else None
-
-
-def _first_missing(
-    records: dict[tuple[int, ...], TileRecord], grid_shape: tuple[int, ...]
-) -> tuple[int, ...] | None:
-    if math.prod(grid_shape) > 1 << 20:
-        return None
-    for index in np.ndindex(*grid_shape):
-        if tuple(int(i) for i in index) not in records:
-            return tuple(int(i) for i in index)
-    return None

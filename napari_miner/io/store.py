@@ -32,23 +32,25 @@ from ..core.errors import ModelFormatError
 from ..core.layout import InputLayout
 from ..core.mlp_bank import pack_bank
 from ..core.model import PyramidModel
+from ..core.quantize import decode_packed, encode_packed
 from ..core.tiles import tile_blocks_region, tile_indices
 from .atomic import PathLock, atomic_directory, fsync_directory
 from .chunks import ArraySpec, read_chunk, read_json, write_chunk, write_json
+from .records import TileRecord, read_records, records_stats
 from .schema import (
     FORMAT_NAME,
     FORMAT_VERSION,
     SUFFIX,
+    BankHeader,
+    LevelHeader,
     StoreHeader,
     StoreListing,
-    TileRecord,
     check_params,
+    check_quantized,
     level_headers,
     open_listing,
     parse_attributes,
     parse_header,
-    read_records,
-    records_stats,
     root_attributes,
     to_json,
 )
@@ -69,17 +71,20 @@ DEFAULT_TILE_SIDE = {2: 32, 3: 8}
 TARGET_CHUNK_BYTES = 16 << 20
 
 
-def store_tile_blocks(
-    grid: BlockGrid, params_per_mlp: int, within: Sequence[int] | None = None
-) -> tuple[int, ...]:
+def store_tile_blocks(level: LevelHeader, within: Sequence[int] | None = None) -> tuple[int, ...]:
     """Tile shape (blocks per axis) of a level in a store.
 
-    Tiles are small (at most :data:`DEFAULT_TILE_SIDE` blocks and about 16 MiB of MLPs), so that
-    reading a region never reads much more than the region. ``within`` is the shape of the tiles a
-    fit trains: every store tile then lies inside one training tile.
+    Tiles are small (at most :data:`DEFAULT_TILE_SIDE` blocks and about 16 MiB of MLPs in each of
+    the level's banks), so that reading a region never reads much more than the region. ``within``
+    is the shape of the tiles a fit trains: every store tile then lies inside one training tile.
     """
+    grid = level.grid
+    per_block = max(
+        (grid.block_size // bank.grid.block_size) ** grid.ndim * bank.params_per_mlp * 4
+        for bank in level.banks
+    )
     side = DEFAULT_TILE_SIDE.get(grid.ndim, 8)
-    while side > 1 and side**grid.ndim * params_per_mlp * 4 > TARGET_CHUNK_BYTES:
+    while side > 1 and side**grid.ndim * per_block > TARGET_CHUNK_BYTES:
         side //= 2
     sides = []
     for axis, g in enumerate(grid.grid_shape):
@@ -91,13 +96,20 @@ def store_tile_blocks(
     return tuple(sides)
 
 
-def tile_digest(mask: np.ndarray, params: np.ndarray) -> bytes:
-    """SHA-256 of a tile's mask and packed MLPs (little-endian, C order, in that order)."""
+def tile_digest(arrays: Sequence[np.ndarray]) -> bytes:
+    """SHA-256 of a tile's arrays as stored.
+
+    Every bank's mask, params and scales, in order; little-endian, C order.
+    """
     digest = hashlib.sha256()
-    for array in (mask, params):
+    for array in arrays:
         data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
         digest.update(data.view(np.uint8).reshape(-1))
     return digest.digest()
+
+
+Tile = list[tuple[np.ndarray, np.ndarray]]
+"""A tile's banks: per bank, its ``(*tile)`` uint8 block mask and ``(*tile, P)`` float32 MLPs."""
 
 
 class ModelStore:
@@ -153,24 +165,28 @@ class ModelStore:
         metadata: dict[str, Any],
         input_info: dict[str, Any] | None = None,
         fit: dict[str, Any] | None = None,
+        bits: Sequence[int | None] | None = None,
     ) -> ModelStore:
         """Write an empty store (no tile finished) into the empty or new ``directory``.
 
+        ``bits`` gives each level's quantisation (``None``: float32 weights, the default).
         Callers make this atomic by creating the store in a temporary directory
         (:func:`~napari_miner.io.atomic.atomic_directory`).
         """
         root = Path(os.fspath(directory))
         root.mkdir(exist_ok=True)
         root = root.resolve()
-        levels = level_headers(layout, config, [tuple(int(t) for t in tb) for tb in tile_blocks])
+        tiles = [tuple(int(t) for t in tb) for tb in tile_blocks]
+        levels = level_headers(layout, config, tiles, None if bits is None else list(bits))
+        groups = {Path("."), Path("levels")}
         for j, level in enumerate(levels):
             for name, spec in level.specs().items():
                 array_dir = root / "levels" / str(j) / name
                 array_dir.mkdir(parents=True, exist_ok=True)
                 write_json(array_dir / ".zarray", spec.to_zarray())
-        write_json(root / "levels" / ".zgroup", {"zarr_format": 2})
-        for j in range(len(levels)):
-            write_json(root / "levels" / str(j) / ".zgroup", {"zarr_format": 2})
+                groups.update(array_dir.relative_to(root).parents)
+        for group in groups - {Path(".")}:
+            write_json(root / group / ".zgroup", {"zarr_format": 2})
         write_json(root / ".zgroup", {"zarr_format": 2})
         attributes = {
             "format": FORMAT_NAME,
@@ -182,8 +198,8 @@ class ModelStore:
             "input": None if input_info is None else to_json(input_info, "input"),
             "fit": None if fit is None else to_json(fit, "fit"),
             "levels": [
-                {"tile_blocks": list(level.tile_blocks), "prune_threshold": None,
-                 "n_active": None, "stats": {}}
+                {"tile_blocks": list(level.tile_blocks), "bits": level.bits,
+                 "prune_threshold": None, "n_active": None, "stats": {}}
                 for level in levels
             ],
         }  # fmt: skip
@@ -219,6 +235,14 @@ class ModelStore:
         """Tile shape (blocks per axis) of ``level``."""
         return self.header.levels[level].tile_blocks
 
+    def banks(self, level: int) -> list[BankHeader]:
+        """The banks of ``level``, the main bank first."""
+        return self.header.levels[level].banks
+
+    def level_bits(self, level: int) -> int | None:
+        """Quantisation of ``level``'s weights (``None``: float32)."""
+        return self.header.levels[level].bits
+
     def tiles(self, level: int) -> list[tuple[int, ...]]:
         """Every tile position of ``level``, in C order."""
         return tile_indices(self.grid(level), self.tile_blocks(level))
@@ -239,39 +263,52 @@ class ModelStore:
         return self.header.levels[level].specs()[name]
 
     def write_tile(
-        self,
-        level: int,
-        index: Sequence[int],
-        mask: np.ndarray,
-        params: np.ndarray,
-        stats: dict[str, float],
+        self, level: int, index: Sequence[int], banks: Tile, stats: dict[str, float]
     ) -> TileRecord:
         """Write a finished tile: its data first, its record (checksum and statistics) last.
 
-        ``mask`` is the tile's ``(*tile)`` uint8 block mask, ``params`` its ``(*tile, P)`` packed
-        MLPs (zeros where a block has none), ``stats`` the record's statistics.
+        ``banks`` holds, per bank of the level, the tile's ``(*tile)`` uint8 block mask and
+        ``(*tile, P)`` packed MLPs (zeros where a block has none; quantised levels: values on the
+        grid of the level's bits, stored as integers and scales); ``stats`` the record's
+        statistics.
         """
         index = tuple(int(i) for i in index)
-        region = tile_blocks_region(self.grid(level), self.tile_blocks(level), index)
-        expected = tuple(r.stop - r.start for r in region)
-        mask = np.ascontiguousarray(mask, dtype=np.uint8)
-        params = np.ascontiguousarray(params, dtype="<f4")
-        if mask.shape != expected or params.shape[:-1] != expected:
-            raise ModelFormatError(
-                f"tile {index} of level {level} has shape {mask.shape}, expected {expected}"
-            )
+        info = self.header.levels[level]
+        if len(banks) != len(info.banks):
+            raise ModelFormatError(f"level {level} has {len(info.banks)} banks, got {len(banks)}")
         base = self.path / "levels" / str(level)
-        durable = self.durable
-        write_chunk(base / "params", self._spec(level, "params"), (*index, 0), params, durable)
-        write_chunk(base / "mask", self._spec(level, "mask"), index, mask, durable)
+        durable, stored, counts = self.durable, [], []
+        for bank, (mask, params) in zip(info.banks, banks, strict=True):
+            region = tile_blocks_region(bank.grid, bank.tile_blocks, index)
+            expected = tuple(r.stop - r.start for r in region)
+            mask = np.ascontiguousarray(mask, dtype=np.uint8)
+            params = np.ascontiguousarray(params, dtype="<f4")
+            if mask.shape != expected or params.shape != (*expected, bank.params_per_mlp):
+                raise ModelFormatError(
+                    f"tile {index} of level {level} has a {bank.name} bank of shape {mask.shape}, "
+                    f"expected {expected}"
+                )
+            arrays = {"mask": mask, "params": params}
+            if info.bits is not None:
+                flat = params.reshape(-1, bank.params_per_mlp)
+                ints, scales = encode_packed(flat, bank.sizes, info.bits)
+                arrays["params"] = ints.reshape(params.shape)
+                arrays["scales"] = scales.reshape(*expected, bank.n_scales)
+            for name, array in arrays.items():
+                key = index if name == "mask" else (*index, 0)
+                spec = self._spec(level, f"{bank.name}/{name}")
+                write_chunk(base / bank.name / name, spec, key, array, durable)
+                stored.append(array)
+            counts.append(int(mask.sum()))
         if durable:  # the data is on disk before the record that says the tile is finished
-            fsync_directory(base / "params")
-            fsync_directory(base / "mask")
+            for bank in info.banks:
+                for name in bank.specs(info.bits):
+                    fsync_directory(base / bank.name / name)
         record = TileRecord(
-            tile_digest(mask, params), int(mask.sum()), float(stats.get("sse", 0.0)),
+            tile_digest(stored), sum(counts), float(stats.get("sse", 0.0)),
             float(stats.get("count", 0.0)), int(stats.get("steps", 0)),
             float(stats.get("elapsed_s", 0.0)), float(stats.get("intersection", 0.0)),
-            float(stats.get("union", 0.0)),
+            float(stats.get("union", 0.0)), tuple(counts),
         )  # fmt: skip
         raw = np.frombuffer(record.encode(), dtype=np.uint8).reshape((1,) * len(index) + (-1,))
         write_chunk(base / "records", self._spec(level, "records"), (*index, 0), raw, durable)
@@ -293,8 +330,8 @@ class ModelStore:
         self.update_attributes(levels=levels)
 
     # ---------------------------------------------------------------------------- reading
-    def read_tile(self, level: int, index: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """A finished tile's ``(*tile)`` mask and ``(*tile, P)`` packed MLPs, verified.
+    def read_tile(self, level: int, index: Sequence[int]) -> Tile:
+        """A finished tile's banks (masks and float32 packed MLPs), verified.
 
         Raises
         ------
@@ -307,18 +344,37 @@ class ModelStore:
         record = self._records[level].get(index)
         if record is None:
             raise ModelFormatError(f"{what} is not finished")
+        info = self.header.levels[level]
         base = self.path / "levels" / str(level)
-        mask = read_chunk(base / "mask", self._spec(level, "mask"), index, what)
-        params = read_chunk(base / "params", self._spec(level, "params"), (*index, 0), what)
-        if tile_digest(mask, params) != record.digest:
+        stored, per_bank = [], []
+        for bank in info.banks:
+            arrays = {}
+            for name in bank.specs(info.bits):
+                key = index if name == "mask" else (*index, 0)
+                spec = self._spec(level, f"{bank.name}/{name}")
+                arrays[name] = read_chunk(base / bank.name / name, spec, key, what)
+                stored.append(arrays[name])
+            per_bank.append(arrays)
+        if tile_digest(stored) != record.digest:
             raise ModelFormatError(
                 f"{what} does not match its checksum: the store is damaged (a chunk file was "
                 "changed or replaced)"
             )
-        if int(mask.sum()) != record.n_mlps or mask.max(initial=0) > 1:
-            raise ModelFormatError(f"{what}: its block mask disagrees with its record")
-        check_params(params, what)
-        return mask, params
+        tile = []
+        for bank, arrays in zip(info.banks, per_bank, strict=True):
+            params = arrays["params"]
+            if info.bits is not None:
+                check_quantized(params, arrays["scales"], bank.sizes, info.bits, what)
+                params = decode_packed(params, arrays["scales"], bank.sizes)
+            tile.append((arrays["mask"], params))
+        counts = tuple(int(mask.sum()) for mask, _ in tile)
+        if counts != record.bank_mlps[: len(counts)] or any(
+            mask.max(initial=0) > 1 for mask, _ in tile
+        ):
+            raise ModelFormatError(f"{what}: its block masks disagree with its record")
+        for _, params in tile:
+            check_params(params, what)
+        return tile
 
     def model(self, cache_bytes: int = 256 << 20) -> PyramidModel:
         """The model in the store, its levels read tile by tile on demand.
@@ -408,26 +464,38 @@ def save_model(model: PyramidModel, path: str | PathLike[str]) -> None:
 
 
 def write_model(model: PyramidModel, directory: Path) -> ModelStore:
-    """Write every level of ``model`` into a new complete store in ``directory``, tile by tile."""
+    """Write every level of ``model`` into a new complete store in ``directory``, tile by tile.
+
+    Each level is stored with its banks' quantisation (integers and scales where its weights lie
+    on a grid, float32 otherwise).
+    """
     metadata = {k: v for k, v in model.metadata.items() if k != "fit_status"}
     ones = [(1,) * len(model.layout.spatial_shape)] * model.n_levels
-    tiles = [
-        store_tile_blocks(info.grid, info.params_per_mlp)
-        for info in level_headers(model.layout, model.config, ones)
-    ]
-    store = ModelStore.create(directory, model.layout, model.config, tiles, metadata)
+    bits = [getattr(level, "bits", None) for level in model.levels]
+    headers = level_headers(model.layout, model.config, ones, bits)
+    tiles = [store_tile_blocks(info) for info in headers]
+    store = ModelStore.create(directory, model.layout, model.config, tiles, metadata, bits=bits)
     store.durable = False  # the whole store is flushed before it is renamed into place
     for j, level in enumerate(model.levels):
-        width = store.header.levels[j].params_per_mlp
+        info = store.header.levels[j]
+        banks = (level, *level.extra)
+        if len(banks) > len(info.banks):
+            raise ModelFormatError(f"level {j} has more banks than its config allows")
         for index in store.tiles(j):
-            region = tile_blocks_region(level.grid, store.tile_blocks(j), index)
-            shape = tuple(r.stop - r.start for r in region)
-            present, weights, biases = level.gather(_flat_ids(level.grid, region))
-            params = np.zeros((present.numel(), width), "<f4")
-            if weights[0].shape[0]:
-                params[present.numpy()] = pack_bank(weights, biases).numpy()
-            mask = present.numpy().astype(np.uint8).reshape(shape)
-            store.write_tile(j, index, mask, params.reshape(*shape, width), {})
+            tile = []
+            for k, bank_info in enumerate(info.banks):
+                region = tile_blocks_region(bank_info.grid, bank_info.tile_blocks, index)
+                shape = tuple(r.stop - r.start for r in region)
+                width = bank_info.params_per_mlp
+                params = np.zeros((int(np.prod(shape)), width), "<f4")
+                present = torch.zeros(params.shape[0], dtype=torch.bool)
+                if k < len(banks):
+                    present, weights, biases = banks[k].gather(_flat_ids(bank_info.grid, region))
+                    if weights[0].shape[0]:
+                        params[present.numpy()] = pack_bank(weights, biases).numpy()
+                mask = present.numpy().astype(np.uint8).reshape(shape)
+                tile.append((mask, params.reshape(*shape, width)))
+            store.write_tile(j, index, tile, {})
         store.update_level(j, stats=dict(level.stats))
     store.update_attributes(status="complete")
     return store

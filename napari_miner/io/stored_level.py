@@ -1,9 +1,10 @@
 """One level of a model store, read tile by tile when decoding needs it.
 
-:class:`StoredLevel` is the :class:`~napari_miner.core.model.LevelBank` of a stored level: decoding a
-region asks it for the MLPs of the blocks under the region, and it reads (and verifies) only the tiles
-those blocks lie in, keeping recently used tiles in a bounded cache. Memory follows the region and the
-cache, never the size of the level.
+:class:`StoredLevel` is the :class:`~napari_miner.core.model.LevelBank` of a stored level (its main
+bank; its split banks are its ``extra``): decoding a region asks it for the MLPs of the blocks under
+the region, and it reads (and verifies) only the tiles those blocks lie in, keeping recently used tiles
+in a bounded cache that the level's banks share. Memory follows the region and the cache, never the
+size of the level.
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from ..core.blocks import BlockGrid
 from ..core.config import MinerConfig
 from ..core.layout import InputLayout
-from ..core.mlp_bank import layer_sizes, params_per_mlp, unpack_bank
+from ..core.mlp_bank import params_per_mlp, unpack_bank
 from ..core.tiles import tile_blocks_region
 
 __all__ = ["StoredLevel", "TileStore"]
+
+BankTile = tuple[np.ndarray, np.ndarray]
+"""A tile of one bank: its sorted flat block ids (on the bank's grid) and their packed MLPs."""
 
 
 class TileStore(Protocol):
@@ -32,29 +35,73 @@ class TileStore(Protocol):
     config: MinerConfig
     layout: InputLayout
 
-    def grid(self, level: int) -> BlockGrid:
-        """Block grid of ``level``."""
+    def banks(self, level: int) -> list[Any]:
+        """The banks of ``level`` (``name``, ``grid``, ``tile_blocks``, ``sizes``)."""
         ...
 
-    def tile_blocks(self, level: int) -> tuple[int, ...]:
-        """Tile shape of ``level``."""
+    def level_bits(self, level: int) -> int | None:
+        """Quantisation of ``level`` (``None``: float weights)."""
         ...
 
     def records(self, level: int) -> dict[tuple[int, ...], Any]:
-        """Finished tiles of ``level`` (records with ``n_mlps`` and ``digest``)."""
+        """Finished tiles of ``level`` (records with ``n_mlps``, ``bank_mlps`` and ``digest``)."""
         ...
 
     def level_stats(self, level: int) -> dict[str, Any]:
         """Statistics of ``level``."""
         ...
 
-    def read_tile(self, level: int, index: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-        """A verified tile: ``(*tile)`` mask and ``(*tile, P)`` packed MLPs."""
+    def read_tile(self, level: int, index: tuple[int, ...]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """A verified tile: per bank, its ``(*tile)`` mask and ``(*tile, P)`` packed MLPs."""
         ...
 
 
+class _LevelTiles:
+    """The verified tiles of a level, compacted per bank, in a bounded LRU cache."""
+
+    def __init__(self, store: TileStore, level: int, cache_bytes: int) -> None:
+        self.store, self.level = store, level
+        self.banks = store.banks(level)
+        self.records = dict(store.records(level))
+        self._cache: OrderedDict[tuple[int, ...], list[BankTile]] = OrderedDict()
+        self._cache_bytes = cache_bytes
+        self._cached = 0
+        self._lock = threading.Lock()
+
+    def tile(self, index: tuple[int, ...]) -> list[BankTile]:
+        """A finished tile, per bank as sorted block ids and their packed MLPs (cached)."""
+        with self._lock:
+            if index in self._cache:
+                self._cache.move_to_end(index)
+                return self._cache[index]
+        entry = []
+        for bank, (mask, params) in zip(
+            self.banks, self.store.read_tile(self.level, index), strict=True
+        ):
+            region = tile_blocks_region(bank.grid, bank.tile_blocks, index)
+            local = np.flatnonzero(mask)
+            coords = np.unravel_index(local, mask.shape)
+            ids = np.ravel_multi_index(
+                tuple(c + r.start for c, r in zip(coords, region, strict=True)),
+                bank.grid.grid_shape,
+            ).astype(np.int64)
+            width = params_per_mlp(bank.sizes)
+            entry.append((ids, np.ascontiguousarray(params.reshape(-1, width)[local])))
+        size = sum(ids.nbytes + rows.nbytes for ids, rows in entry)
+        with self._lock:
+            self._cache[index] = entry
+            self._cached += size
+            while self._cached > self._cache_bytes and len(self._cache) > 1:
+                _, old = self._cache.popitem(last=False)
+                self._cached -= sum(ids.nbytes + rows.nbytes for ids, rows in old)
+        return entry
+
+
 class StoredLevel:
-    """A stored level: a ``LevelBank`` whose tiles are read, verified and cached on demand.
+    """A bank of a stored level, whose tiles are read, verified and cached on demand.
+
+    The main bank (``bank=0``) stands for the level: it has the level's ``stats`` and its split
+    banks as ``extra``.
 
     Parameters
     ----------
@@ -64,54 +111,74 @@ class StoredLevel:
         The level.
     cache_bytes : int
         Bytes of tiles kept in memory (least recently used ones are dropped first).
+    bank : int
+        Which bank of the level.
+    tiles : _LevelTiles, optional
+        The level's tile cache (shared by its banks).
     """
 
-    def __init__(self, store: TileStore, level: int, cache_bytes: int) -> None:
-        self.store = store
-        self.level = level
-        self.grid = store.grid(level)
-        self.tile_blocks = store.tile_blocks(level)
-        self._records = dict(store.records(level))
-        self.stats = store.level_stats(level)
-        config, layout = store.config, store.layout
-        self._sizes = layer_sizes(
-            self.grid.ndim, config.width_at(level), config.hidden_layers, layout.n_channels
-        )
+    def __init__(
+        self,
+        store: TileStore,
+        level: int,
+        cache_bytes: int,
+        bank: int = 0,
+        tiles: _LevelTiles | None = None,
+    ) -> None:
+        self.store, self.level, self.bank = store, level, bank
+        self._tiles = tiles if tiles is not None else _LevelTiles(store, level, cache_bytes)
+        header = self._tiles.banks[bank]
+        self.grid, self.tile_blocks, self._sizes = header.grid, header.tile_blocks, header.sizes
         self._per_mlp = params_per_mlp(self._sizes)
-        self._cache: OrderedDict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = OrderedDict()
-        self._cache_bytes = cache_bytes
-        self._cached = 0
-        self._lock = threading.Lock()
+        self.bits = store.level_bits(level)
+        self.stats = store.level_stats(level) if bank == 0 else {}
+        self.extra: tuple[StoredLevel, ...] = ()
+        if bank == 0:
+            self.extra = tuple(
+                StoredLevel(store, level, cache_bytes, k, self._tiles)
+                for k in range(1, len(self._tiles.banks))
+            )
 
     def fingerprint(self) -> str:
         """Identity of what the level decodes to: the store's path and its tiles' checksums."""
+        records = self._tiles.records
         digest = hashlib.blake2b(digest_size=16)
-        for index in sorted(self._records):
-            digest.update(repr(index).encode() + self._records[index].digest)
-        return f"{self.store.path}:{self.level}:{digest.hexdigest()}"
+        for index in sorted(records):
+            digest.update(repr(index).encode() + records[index].digest)
+        return f"{self.store.path}:{self.level}:{self.bank}:{digest.hexdigest()}"
+
+    def _own_mlps(self) -> int:
+        records = self._tiles.records.values()
+        if self.bank == 0 and not any(record.bank_mlps for record in records):
+            return sum(record.n_mlps for record in records)  # one bank, older records
+        return sum(record.bank_mlps[self.bank] for record in records if record.bank_mlps)
 
     @property
     def n_mlps(self) -> int:
-        """Blocks that hold an MLP (in finished tiles)."""
-        return sum(record.n_mlps for record in self._records.values())
+        """MLPs of this bank (the main bank: of every bank of the level)."""
+        return self._own_mlps() + sum(bank.n_mlps for bank in self.extra)
 
     @property
     def n_parameters(self) -> int:
-        """Every weight and bias of the level."""
-        return self.n_mlps * self._per_mlp
+        """Weights and biases of this bank (the main bank: of every bank of the level)."""
+        return self._own_mlps() * self._per_mlp + sum(bank.n_parameters for bank in self.extra)
 
     def active_mask(self) -> np.ndarray:
-        """Boolean mask over the block grid of the blocks with an MLP (finished tiles only)."""
+        """Boolean mask over the block grid of the blocks with an MLP in this or a finer bank."""
+        from ..core.model import pooled_mask
+
         mask = np.zeros(self.grid.grid_shape, dtype=bool)
-        for index in self._records:
-            ids, _ = self._tile(index)
+        for index in self._tiles.records:
+            ids, _ = self._tiles.tile(index)[self.bank]
             mask.reshape(-1)[ids] = True
+        for bank in self.extra:
+            mask |= pooled_mask(bank, self.grid)
         return mask
 
     def gather(
         self, block_ids: torch.Tensor
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        """MLPs of the given flat block indices (see ``LevelBank.gather``)."""
+        """MLPs of the given flat block indices of this bank (see ``LevelBank.gather``)."""
         ids = block_ids.cpu().numpy().astype(np.int64, copy=False)
         coords = np.unravel_index(ids, self.grid.grid_shape)
         tiles = np.stack([c // t for c, t in zip(coords, self.tile_blocks, strict=True)], axis=1)
@@ -122,9 +189,9 @@ class StoredLevel:
             inverse = inverse.reshape(-1)
             for k, key in enumerate(keys):
                 index = tuple(int(i) for i in key)
-                if index not in self._records:
+                if index not in self._tiles.records:
                     continue
-                tile_ids, tile_params = self._tile(index)
+                tile_ids, tile_params = self._tiles.tile(index)[self.bank]
                 members = np.nonzero(inverse == k)[0]
                 if not tile_ids.size:
                     continue
@@ -139,26 +206,3 @@ class StoredLevel:
             [w.contiguous() for w in weights],
             [b.contiguous() for b in biases],
         )
-
-    def _tile(self, index: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-        """A finished tile as sorted flat level block ids and their packed MLPs (cached)."""
-        with self._lock:
-            if index in self._cache:
-                self._cache.move_to_end(index)
-                return self._cache[index]
-        mask, params = self.store.read_tile(self.level, index)
-        region = tile_blocks_region(self.grid, self.tile_blocks, index)
-        local = np.flatnonzero(mask)
-        coords = np.unravel_index(local, mask.shape)
-        ids = np.ravel_multi_index(
-            tuple(c + r.start for c, r in zip(coords, region, strict=True)), self.grid.grid_shape
-        ).astype(np.int64)
-        compact = np.ascontiguousarray(params.reshape(-1, self._per_mlp)[local])
-        entry = (ids, compact)
-        with self._lock:
-            self._cache[index] = entry
-            self._cached += compact.nbytes + ids.nbytes
-            while self._cached > self._cache_bytes and len(self._cache) > 1:
-                _, (old_ids, old) = self._cache.popitem(last=False)
-                self._cached -= old.nbytes + old_ids.nbytes
-        return entry

@@ -257,7 +257,7 @@ def test_stopped_intensity_volume(make_napari_viewer, qtbot, monkeypatch):
     volume = intensity_volume((32, 32, 32))
     viewer = make_napari_viewer()
     viewer.add_image(volume, name="vol")
-    long = dict(plateau_rel_tol=0.0, final_plateau_rel_tol=0.0, target_psnr=100.0)
+    long = dict(plateau_rel_tol=0.0, final_plateau_rel_tol=0.0, target_psnr=100.0, weight_bits=None)
     widget = _widget(viewer, steps=100_000, **long)
     texts = _record_statuses(widget, monkeypatch)
     assert widget.config().iou_threshold is None  # not binary: no occupancy tracking

@@ -48,7 +48,9 @@ def test_tiled_fit_matches_the_in_memory_fit(tmp_path):
     # a fixed number of steps everywhere: what differs is only that the level is cut into tiles
     # (stopping rules on the PSNR target and plateaus apply per tile in a tiled fit)
     image = data.camera()
-    config = nm.MinerConfig(n_levels=3, block_size=16, max_steps=25, target_psnr=60)
+    config = nm.MinerConfig(
+        n_levels=3, block_size=16, max_steps=25, target_psnr=60, weight_bits=None, max_splits=0
+    )
     whole = nm.fit(image, config, device="cpu")
     path = tmp_path / "camera.miner.zarr"
     tiled = nm.fit(image, config, device="cpu", store=path, memory_budget=BUDGET, tile_blocks=8)
@@ -83,9 +85,34 @@ def test_a_fit_whose_levels_are_one_tile_equals_the_in_memory_fit_bit_for_bit(im
     np.testing.assert_array_equal(tiled.decode(), whole.decode())
 
 
+def test_an_out_of_core_store_is_quantised_tile_by_tile_and_decodes_to_what_was_reported(
+    image, tmp_path
+):
+    path = tmp_path / "q.miner.zarr"
+    run = nm.fit_iter(image, CONFIG, device="cpu", store=path, memory_budget=BUDGET, tile_blocks=4)
+    *_, done = run
+    store = ModelStore.open(path)
+    assert [store.level_bits(j) for j in range(3)] == [CONFIG.weight_bits] * 3
+    assert zarr.open_array(str(path / "levels" / "0" / "main" / "params")).dtype == np.uint16
+    assert len(tile_indices(store.grid(0), _work_tiles(path))) > 1  # level 0 was cut into tiles
+    value_range = float(image.max()) - float(image.min())  # what reported PSNRs are relative to
+    reloaded = psnr(image, nm.load(path).decode(), value_range)
+    assert abs(reloaded - done.psnr) < 0.05  # the PSNR the fit reported is the stored model's
+    float_path = tmp_path / "f.miner.zarr"
+    nm.fit(
+        image, CONFIG.replace(weight_bits=None), device="cpu", store=float_path,
+        memory_budget=BUDGET, tile_blocks=4,
+    )  # fmt: skip
+    assert _size(path) < 0.5 * _size(float_path)
+
+
+def _size(path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
 @pytest.mark.parametrize("target", [30.0, 80.0])
 def test_tiled_and_in_memory_fits_stop_for_the_same_reasons(image, tmp_path, target):
-    config = CONFIG.replace(target_psnr=target)
+    config = CONFIG.replace(target_psnr=target, weight_bits=None)
     whole = list(nm.fit_iter(image, config, device="cpu"))[-1]
     tiled = list(
         nm.fit_iter(
@@ -93,7 +120,7 @@ def test_tiled_and_in_memory_fits_stop_for_the_same_reasons(image, tmp_path, tar
             tile_blocks=4,
         )
     )[-1]  # fmt: skip
-    assert whole.reason == tiled.reason == ("target" if target == 30.0 else "completed")
+    assert whole.reason == tiled.reason == ("target" if target == 30.0 else "max_steps")
 
 
 def test_tiled_model_decodes_regions_and_round_trips(image, tiled, tmp_path):
@@ -191,15 +218,15 @@ def test_a_tile_whose_writer_died_is_trained_again(image, tiled, tmp_path, monke
     original = ModelStore.write_tile
     calls = []
 
-    def crash_before_the_record(self, level, index, mask, params, stats):
+    def crash_before_the_record(self, level, index, banks, stats):
         calls.append((level, index))
         if level == 0 and len([c for c in calls if c[0] == 0]) == 3:
             from napari_miner.io.chunks import write_chunk
 
-            base = self.path / "levels" / str(level)  # data written, record not: a crash
-            write_chunk(base / "params", self._spec(level, "params"), (*index, 0), params)
+            base = self.path / "levels" / str(level) / "main"  # data written, record not: a crash
+            write_chunk(base / "mask", self._spec(level, "main/mask"), index, banks[0][0])
             raise KeyboardInterrupt
-        return original(self, level, index, mask, params, stats)
+        return original(self, level, index, banks, stats)
 
     monkeypatch.setattr(ModelStore, "write_tile", crash_before_the_record)
     with pytest.raises(KeyboardInterrupt):
@@ -252,7 +279,7 @@ def test_a_complete_store_is_returned_without_training(image, tiled, tmp_path):
 def test_a_damaged_tile_is_reported_not_decoded(tiled, tmp_path):
     path = tmp_path / "damaged.miner.zarr"
     shutil.copytree(tiled[0], path)
-    chunk = path / "levels" / "0" / "params" / "1.1.0"
+    chunk = path / "levels" / "0" / "main" / "params" / "1.1.0"
     raw = bytearray(chunk.read_bytes())
     raw[-3] ^= 0xFF  # a flipped bit in the compressed payload
     chunk.write_bytes(bytes(raw))
@@ -331,13 +358,17 @@ def test_tiled_volume_fit(tmp_path):
 @pytest.mark.gpu
 def test_tiled_fit_on_cuda_matches_the_cpu(tmp_path):
     image = data.camera()
-    config = nm.MinerConfig(n_levels=3, block_size=16, max_steps=25, target_psnr=60)
+    config = nm.MinerConfig(
+        n_levels=3, block_size=16, max_steps=25, target_psnr=60, weight_bits=None
+    )
     options = dict(memory_budget="256MB", tile_blocks=8)
     cpu = nm.fit(image, config, device="cpu", store=tmp_path / "cpu.miner.zarr", **options)
     cuda = nm.fit(image, config, device="cuda", store=tmp_path / "cuda.miner.zarr", **options)
     assert cuda.metadata["device"].startswith("cuda")
+    # the devices round differently: a block on the border of a lite or split decision may go
+    # either way (measured on an H200: 0.12 dB apart)
     difference = psnr(image, cuda.decode(), 255) - psnr(image, cpu.decode(), 255)
-    assert abs(difference) < 0.1
+    assert abs(difference) < 0.3
     # decoding on the GPU gives the CPU's values up to float rounding
     on_gpu, on_cpu = cuda.decode(0, device="cuda").astype(int), cuda.decode(0).astype(int)
     assert np.abs(on_gpu - on_cpu).max() <= 1 and np.mean(on_gpu == on_cpu) > 0.999

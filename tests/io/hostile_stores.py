@@ -1,8 +1,10 @@
 """Hostile model stores: many broken variants of small valid stores, for the loader's tests.
 
-A model store is untrusted input. This module fits three small models once (:func:`build_bases`):
+A model store is untrusted input. This module fits four small models once (:func:`build_bases`):
 
-* ``model`` — a tiny in-memory fit saved with ``model.save`` (format 3, one tile per level);
+* ``model`` — a tiny in-memory fit saved with ``model.save`` (format 3, one tile per level, weights
+  quantised to 7 bits; level 0 has MLPs in its ``main``, ``lite`` and ``split1`` banks);
+* ``float`` — the same input fitted with float32 weights (``weight_bits=None``; every bank has MLPs);
 * ``complete`` — an out-of-core fit into a store (several tiles per level, status "complete");
 * ``fitting`` — an out-of-core fit interrupted after a few tiles of level 0 (status "fitting"),
 
@@ -22,6 +24,8 @@ Cases marked ``absurd`` claim huge sizes; they are run in a subprocess whose add
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import math
 import os
@@ -33,20 +37,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 import napari_miner as nm
 from napari_miner.core.config import MinerConfig
 from napari_miner.core.events import TileFinished
 from napari_miner.core.layout import InputLayout
+from napari_miner.core.quantize import code_limits
 from napari_miner.io.chunks import ArraySpec, read_chunk, write_chunk
-from napari_miner.io.schema import DIGEST_BYTES, RECORD_BYTES, level_headers
+from napari_miner.io.schema import (
+    DIGEST_BYTES,
+    RECORD_BYTES,
+    RECORD_BYTES_V2,
+    RECORD_FIELDS,
+    LevelHeader,
+    level_headers,
+    parse_attributes,
+)
 from napari_miner.io.store import tile_digest
 
 __all__ = ["CASES", "BASES", "Case", "build_bases", "fitting_data", "materialize", "TINY"]
 
-TINY = MinerConfig(n_levels=2, block_size=8, hidden_width=8, max_steps=10)
-BASES = ("model", "complete", "fitting")
+TINY = MinerConfig(n_levels=2, block_size=8, hidden_width=8, max_steps=10, target_psnr=45.0)
+"""Small MLPs and a target that level 1 cannot reach alone: level 0 gets MLPs in every bank."""
+BASES = ("model", "float", "complete", "fitting")
 NEAR = (0, 0)
 """A tile of level 0 of the out-of-core stores under the 8x8 region that the tests decode."""
 FAR = (5, 4)
@@ -55,13 +68,20 @@ FITTING_DONE = (0, 0)
 """A finished level-0 tile of the ``fitting`` store; (5, 4) there is unfinished."""
 FIT_KWARGS = dict(device="cpu", memory_budget="64MB", tile_blocks=2)
 TWO_MILLION = 2_000_000
+Edit = Callable[[Path, Path], None]
+"""An edit of a store: ``edit(path, outside)`` (``outside``: a directory outside the store)."""
+BANKS0 = ("main", "lite", "split1")
+"""The banks of level 0 under :data:`TINY` (level 1 has ``main`` and ``lite``)."""
 
 
 def _image(shape: tuple[int, ...], seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     grids = np.meshgrid(*[np.linspace(0, 1, s) for s in shape], indexing="ij")
     signal = sum(np.sin(5 * g + p) for g, p in zip(grids, rng.random(len(shape)) * 6, strict=True))
-    return (signal + 0.1 * rng.random(shape)).astype(np.float32)
+    # noise strongest in two corners: level 0 needs main, lite and split MLPs
+    u, v = grids[0], grids[-1]
+    noise = 0.25 * rng.random(shape) * (0.3 + u * v + (1 - u) * (1 - v))
+    return (signal + noise).astype(np.float32)
 
 
 def fitting_data() -> np.ndarray:
@@ -70,10 +90,12 @@ def fitting_data() -> np.ndarray:
 
 
 def build_bases(directory: Path) -> dict[str, Path]:
-    """Fit the three small valid stores into ``directory``."""
+    """Fit the four small valid stores into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = {name: directory / f"{name}.miner.zarr" for name in BASES}
     nm.fit(_image((40, 48), seed=0), TINY, device="cpu").save(paths["model"])
+    float_config = dataclasses.replace(TINY, weight_bits=None, lite_energy=20.0)  # lite MLPs too
+    nm.fit(_image((40, 48), seed=0), float_config, device="cpu").save(paths["float"])
     nm.fit(fitting_data(), TINY, store=paths["complete"], **FIT_KWARGS)
     run = nm.fit_iter(fitting_data(), TINY, store=paths["fitting"], **FIT_KWARGS)
     finished = 0
@@ -95,7 +117,7 @@ class Case:
 
     name: str
     what: str
-    edit: Callable[[Path, Path], None]
+    edit: Edit
     base: str = "model"
     expect: str = "error"
     absurd: bool = False
@@ -104,7 +126,7 @@ class Case:
 CASES: list[Case] = []
 
 
-def _add(name: str, what: str, edit: Callable[[Path, Path], None], **options: Any) -> None:
+def _add(name: str, what: str, edit: Edit, **options: Any) -> None:
     assert name not in {c.name for c in CASES}, name
     CASES.append(Case(name, what, edit, **options))
 
@@ -123,6 +145,25 @@ def materialize(case: Case, bases: dict[str, Path], directory: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------- edit tools
+TileArrays = dict[str, dict[str, np.ndarray]]
+"""A tile's decoded chunks as stored: bank name -> {"mask", "params"[, "scales"]} -> array."""
+_DELETE = object()
+
+
+def _curried(function: Callable[..., Any]) -> Callable[..., Callable[..., Any]]:
+    """Write a helper with its subject first, call it with the rest: ``remove("a")(path, outside)``.
+
+    The subject of an edit is ``(path, outside)``, of a change of a file ``(raw bytes)``, of a change
+    of a tile ``(arrays, level header)``.
+    """
+
+    @functools.wraps(function)
+    def factory(*args: Any, **kwargs: Any) -> Callable[..., Any]:
+        return lambda *subject: function(*subject, *args, **kwargs)
+
+    return factory
+
+
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
@@ -136,11 +177,6 @@ def attrs(path: Path) -> dict[str, Any]:
     return _read_json(path / ".zattrs")
 
 
-def set_attrs(path: Path, document: Any) -> None:
-    """Replace the root attributes of a store."""
-    _write_json(path / ".zattrs", document)
-
-
 def _set_nested(document: Any, keys: tuple, value: Any) -> None:
     for key in keys[:-1]:
         document = document[key]
@@ -150,149 +186,186 @@ def _set_nested(document: Any, keys: tuple, value: Any) -> None:
         document[keys[-1]] = value
 
 
-_DELETE = object()
-
-
-def set_attr(*keys: Any, value: Any, consistent: bool = False) -> Callable[[Path, Path], None]:
+@_curried
+def set_attr(path: Path, outside: Path, *keys: Any, value: Any, consistent: bool = False) -> None:
     """Edit: set (or with ``value=_DELETE`` remove) one nested root attribute."""
-
-    def edit(path: Path, outside: Path) -> None:
-        document = attrs(path)
-        _set_nested(document, keys, value)
-        set_attrs(path, document)
-        if consistent:
-            make_arrays_consistent(path)
-
-    return edit
+    document = attrs(path)
+    _set_nested(document, keys, value)
+    _write_json(path / ".zattrs", document)
+    if consistent:
+        make_arrays_consistent(path)
 
 
-def set_zarray(array: str, key: str, value: Any) -> Callable[[Path, Path], None]:
-    """Edit: set (or remove) one key of the ``.zarray`` of ``array`` (e.g. ``levels/0/params``)."""
-
-    def edit(path: Path, outside: Path) -> None:
-        meta = _read_json(path / array / ".zarray")
-        _set_nested(meta, (key,), value)
-        _write_json(path / array / ".zarray", meta)
-
-    return edit
+@_curried
+def set_zarray(path: Path, outside: Path, array: str, key: str, value: Any) -> None:
+    """Edit: set (or remove) one key of the ``.zarray`` of ``array`` (``levels/0/main/params``)."""
+    meta = _read_json(path / array / ".zarray")
+    _set_nested(meta, (key,), value)
+    _write_json(path / array / ".zarray", meta)
 
 
-def write_file(relative: str, data: bytes) -> Callable[[Path, Path], None]:
+@_curried
+def write_file(path: Path, outside: Path, relative: str, data: bytes) -> None:
     """Edit: replace (or create) a file of the store."""
-
-    def edit(path: Path, outside: Path) -> None:
-        (path / relative).write_bytes(data)
-
-    return edit
+    (path / relative).write_bytes(data)
 
 
-def sparse_file(relative: str, size: int, prefix: bytes = b"") -> Callable[[Path, Path], None]:
+@_curried
+def sparse_file(path: Path, outside: Path, relative: str, size: int, prefix: bytes = b"") -> None:
     """Edit: replace a file by a (sparse) one of ``size`` bytes starting with ``prefix``."""
-
-    def edit(path: Path, outside: Path) -> None:
-        with open(path / relative, "wb") as handle:
-            handle.write(prefix)
-            handle.truncate(size)
-
-    return edit
+    with open(path / relative, "wb") as handle:
+        handle.write(prefix)
+        handle.truncate(size)
 
 
-def change_file(relative: str, change: Callable[[bytes], bytes]) -> Callable[[Path, Path], None]:
+@_curried
+def change_file(path: Path, outside: Path, relative: str, change: Callable[[bytes], bytes]) -> None:
     """Edit: rewrite a file's bytes."""
-
-    def edit(path: Path, outside: Path) -> None:
-        target = path / relative
-        target.write_bytes(change(target.read_bytes()))
-
-    return edit
+    (path / relative).write_bytes(change((path / relative).read_bytes()))
 
 
-def remove(relative: str) -> Callable[[Path, Path], None]:
+@_curried
+def remove(path: Path, outside: Path, relative: str) -> None:
     """Edit: delete a file or directory of the store."""
-
-    def edit(path: Path, outside: Path) -> None:
-        target = path / relative
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
-
-    return edit
+    target = path / relative
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
 
 
-def flip(offset: int) -> Callable[[bytes], bytes]:
+@_curried
+def swap(path: Path, outside: Path, one: str, other: str) -> None:
+    """Edit: exchange two files of the store."""
+    os.replace(path / one, outside / "swap")
+    os.replace(path / other, path / one)
+    os.replace(outside / "swap", path / other)
+
+
+@_curried
+def copy(path: Path, outside: Path, relative: str, to: str) -> None:
+    """Edit: copy a file or directory of the store to another place in it."""
+    source, target = path / relative, path / to
+    shutil.copytree(source, target) if source.is_dir() else shutil.copyfile(source, target)
+
+
+@_curried
+def reencode(path: Path, outside: Path, relative: str, cname: str) -> None:
+    """Edit: decode a Blosc chunk and compress it again with another inner codec."""
+    from numcodecs import Blosc
+
+    data = Blosc().decode((path / relative).read_bytes())
+    (path / relative).write_bytes(bytes(Blosc(cname=cname, clevel=1).encode(data)))
+
+
+@_curried
+def flip(raw: bytes, offset: int) -> bytes:
     """Change: invert the bits of the byte at ``offset`` (negative: from the end)."""
-
-    def change(raw: bytes) -> bytes:
-        data = bytearray(raw)
-        data[offset] ^= 0xFF
-        return bytes(data)
-
-    return change
+    data = bytearray(raw)
+    data[offset] ^= 0xFF
+    return bytes(data)
 
 
+@_curried
 def blosc_header(
-    nbytes: int | None = None, blocksize: int | None = None, cbytes: int | None = None
-):
+    raw: bytes, nbytes: int | None = None, blocksize: int | None = None, cbytes: int | None = None
+) -> bytes:
     """Change: overwrite fields of a chunk's Blosc header (decoded size, block size, stored size)."""
-
-    def change(raw: bytes) -> bytes:
-        data = bytearray(raw)
-        for offset, value in ((4, nbytes), (8, blocksize), (12, cbytes)):
-            if value is not None:
-                data[offset : offset + 4] = struct.pack("<I", value)
-        return bytes(data)
-
-    return change
+    data = bytearray(raw)
+    for offset, value in ((4, nbytes), (8, blocksize), (12, cbytes)):
+        if value is not None:
+            data[offset : offset + 4] = struct.pack("<I", value)
+    return bytes(data)
 
 
-def record_field(field: str, value: float) -> Callable[[bytes], bytes]:
-    """Change: set one float64 field of a tile record."""
-    from napari_miner.io.schema import RECORD_FIELDS
-
-    def change(raw: bytes) -> bytes:
-        offset = DIGEST_BYTES + 8 * RECORD_FIELDS.index(field)
-        return raw[:offset] + struct.pack("<d", value) + raw[offset + 8 :]
-
-    return change
+@_curried
+def record_field(raw: bytes, field: str | int, value: float) -> bytes:
+    """Change: set one float64 field of a tile record (an integer: that bank's MLP count)."""
+    position = len(RECORD_FIELDS) + field if isinstance(field, int) else RECORD_FIELDS.index(field)
+    offset = DIGEST_BYTES + 8 * position
+    return raw[:offset] + struct.pack("<d", value) + raw[offset + 8 :]
 
 
-def tile_files(level: int, index: tuple[int, ...]) -> dict[str, str]:
-    """The chunk files of a tile (relative paths of its mask, params and record)."""
-    key = ".".join(map(str, index))
-    base = f"levels/{level}"
-    return {
-        "mask": f"{base}/mask/{key}",
-        "params": f"{base}/params/{key}.0",
-        "records": f"{base}/records/{key}.0",
-    }
+@_curried
+def move_count(raw: bytes, source: int | None, target: int) -> bytes:
+    """Change: move one of a record's MLPs from bank ``source`` to bank ``target``.
 
-
-def _spec(path: Path, array: str) -> ArraySpec:
-    return ArraySpec.from_zarray(_read_json(path / array / ".zarray"), array)
-
-
-def change_tile(
-    level: int, index: tuple[int, ...], change: Callable[[np.ndarray, np.ndarray], None]
-) -> Callable[[Path, Path], None]:
-    """Edit: change a tile's decoded mask and params in place, re-encode them and re-hash its record.
-
-    The result is a consistent store (its checksum matches) that holds the changed data.
+    ``source=None`` adds one to ``target`` and to ``n_mlps`` (the counts still add up).
     """
+    start = DIGEST_BYTES + 8 * len(RECORD_FIELDS)
+    counts = list(struct.unpack_from("<6d", raw, start))
+    counts[target] += 1
+    if source is not None:
+        counts[source] -= 1
+    else:
+        raw = record_field("n_mlps", sum(counts))(raw)
+    return raw[:start] + struct.pack("<6d", *counts)
 
-    def edit(path: Path, outside: Path) -> None:
-        files = tile_files(level, index)
-        specs = {name: _spec(path, f"levels/{level}/{name}") for name in ("mask", "params")}
-        mask = read_chunk(path / f"levels/{level}/mask", specs["mask"], index, "mask").copy()
-        params = read_chunk(
-            path / f"levels/{level}/params", specs["params"], (*index, 0), "params"
-        ).copy()
-        change(mask, params)
-        write_chunk(path / f"levels/{level}/mask", specs["mask"], index, mask)
-        write_chunk(path / f"levels/{level}/params", specs["params"], (*index, 0), params)
-        record = bytearray((path / files["records"]).read_bytes())
-        record[:DIGEST_BYTES] = tile_digest(mask, params.astype("<f4"))
-        record[DIGEST_BYTES + 8 : DIGEST_BYTES + 16] = struct.pack("<d", float(mask.sum()))
-        (path / files["records"]).write_bytes(bytes(record))
 
-    return edit
+def tile_files(level: int, index: tuple[int, ...], bank: str = "main") -> dict[str, str]:
+    """The chunk files of a tile (relative paths of a bank's mask, params, scales; its record)."""
+    key, base = ".".join(map(str, index)), f"levels/{level}"
+    files = {name: f"{base}/{bank}/{name}/{key}.0" for name in ("params", "scales")}
+    return {"mask": f"{base}/{bank}/mask/{key}", **files, "records": f"{base}/records/{key}.0"}
+
+
+@_curried
+def change_tile(path: Path, outside: Path, level: int, index: tuple[int, ...],
+                change: Callable[[TileArrays, LevelHeader], None]) -> None:  # fmt: skip
+    """Edit: change a tile's stored arrays in place, re-encode them and re-hash its record.
+
+    ``change`` gets every bank's arrays (codes and scale codes where the level is quantised) and
+    the level's header. The record's checksum and MLP counts (each bank's mask sum) are recomputed:
+    the result is a consistent store that holds the changed data.
+    """
+    info = parse_attributes(path, attrs(path)).levels[level]
+    chunks = [
+        (bank.name, name, spec, path / f"levels/{level}/{bank.name}/{name}",
+         index if name == "mask" else (*index, 0))
+        for bank in info.banks
+        for name, spec in bank.specs(info.bits).items()
+    ]  # fmt: skip
+    arrays: TileArrays = {bank.name: {} for bank in info.banks}
+    for bank, name, spec, directory, key in chunks:
+        arrays[bank][name] = read_chunk(directory, spec, key, name).copy()
+    change(arrays, info)
+    for bank, name, spec, directory, key in chunks:
+        write_chunk(directory, spec, key, arrays[bank][name])
+    counts = [float(arrays[bank.name]["mask"].sum()) for bank in info.banks]
+    counts += [0.0] * (6 - len(counts))
+    record_file = path / tile_files(level, index)["records"]
+    record = bytearray(record_file.read_bytes())
+    record[:DIGEST_BYTES] = tile_digest([arrays[bank][name] for bank, name, *_ in chunks])
+    record[DIGEST_BYTES + 8 : DIGEST_BYTES + 16] = struct.pack("<d", sum(counts))
+    record[DIGEST_BYTES + 8 * len(RECORD_FIELDS) :] = struct.pack("<6d", *counts)
+    record_file.write_bytes(bytes(record))
+
+
+def first_active(arrays: TileArrays, bank: str) -> tuple[int, ...]:
+    """Position in the tile of the first block of ``bank`` that has an MLP."""
+    active = np.argwhere(arrays[bank]["mask"])
+    assert len(active), f"the tile has no MLP in its {bank} bank"
+    return tuple(int(i) for i in active[0])
+
+
+@_curried
+def set_value(arrays: TileArrays, level: LevelHeader, bank: str, array: str, column: int,
+              value: float | Callable[[LevelHeader, str], float]) -> None:  # fmt: skip
+    """Change: set one value of the first MLP of ``bank`` (``value(level, bank)`` if callable)."""
+    at = (*first_active(arrays, bank), column)
+    arrays[bank][array][at] = value(level, bank) if callable(value) else value
+
+
+@_curried
+def keep_one(arrays: TileArrays, level: LevelHeader, bank: str) -> None:
+    """Change: remove every MLP of ``bank`` but the first from the tile."""
+    first = first_active(arrays, bank)
+    arrays[bank]["mask"][...] = 0
+    arrays[bank]["mask"][first] = 1
+
+
+def above_grid(level: LevelHeader, bank: str) -> int:
+    """The smallest integer code above the grid of the first value of a packed MLP of ``bank``."""
+    (sizes,) = [b.sizes for b in level.banks if b.name == bank]
+    assert level.bits is not None
+    return int(code_limits(sizes, level.bits)[0]) + 1
 
 
 def make_arrays_consistent(path: Path) -> None:
@@ -301,92 +374,76 @@ def make_arrays_consistent(path: Path) -> None:
     config = MinerConfig.from_dict(document["config"])
     layout = InputLayout.from_dict(document["layout"])
     tiles = [tuple(level["tile_blocks"]) for level in document["levels"]]
-    for j, header in enumerate(level_headers(layout, config, tiles)):
+    bits = [level.get("bits") for level in document["levels"]]
+    for j, header in enumerate(level_headers(layout, config, tiles, bits)):
         for name, spec in header.specs().items():
             directory = path / "levels" / str(j) / name
             directory.mkdir(parents=True, exist_ok=True)
             _write_json(directory / ".zarray", spec.to_zarray())
 
 
-def both(*edits: Callable[[Path, Path], None]) -> Callable[[Path, Path], None]:
+@_curried
+def both(path: Path, outside: Path, *edits: Edit) -> None:
     """Edit: apply several edits in order."""
-
-    def edit(path: Path, outside: Path) -> None:
-        for one in edits:
-            one(path, outside)
-
-    return edit
+    for one in edits:
+        one(path, outside)
 
 
-def relink(relative: str, target: str | None = None) -> Callable[[Path, Path], None]:
+@_curried
+def relink(path: Path, outside: Path, relative: str, target: str | None = None) -> None:
     """Edit: move a file or directory of the store outside it and put a symbolic link in its place.
 
     ``target`` links to another name outside instead (a dangling link if it does not exist).
     """
-
-    def edit(path: Path, outside: Path) -> None:
-        source = path / relative
-        moved = outside / (relative.replace("/", "_") + "-" + path.name)
-        if target is None:
-            shutil.move(source, moved)
-        else:
-            shutil.rmtree(source) if source.is_dir() else source.unlink()
-            moved = outside / target
-        os.symlink(moved, source)
-
-    return edit
+    source = path / relative
+    moved = outside / (relative.replace("/", "_") + "-" + path.name)
+    if target is None:
+        shutil.move(source, moved)
+    else:
+        shutil.rmtree(source) if source.is_dir() else source.unlink()
+        moved = outside / target
+    os.symlink(moved, source)
 
 
-def fifo(relative: str) -> Callable[[Path, Path], None]:
+@_curried
+def fifo(path: Path, outside: Path, relative: str) -> None:
     """Edit: replace a file by a named pipe (a reader that opened it would block forever)."""
-
-    def edit(path: Path, outside: Path) -> None:
-        (path / relative).unlink()
-        os.mkfifo(path / relative)
-
-    return edit
+    (path / relative).unlink()
+    os.mkfifo(path / relative)
 
 
-def hardlink(relative: str) -> Callable[[Path, Path], None]:
+@_curried
+def hardlink(path: Path, outside: Path, relative: str) -> None:
     """Edit: make a file a hard link shared with a copy outside the store (same content)."""
-
-    def edit(path: Path, outside: Path) -> None:
-        copy = outside / f"hardlink-{path.name}"
-        shutil.copyfile(path / relative, copy)
-        (path / relative).unlink()
-        os.link(copy, path / relative)
-
-    return edit
+    copy = outside / f"hardlink-{path.name}"
+    shutil.copyfile(path / relative, copy)
+    (path / relative).unlink()
+    os.link(copy, path / relative)
 
 
-def all_records(
-    level: int, change: Callable[[bytes], bytes] | None
-) -> Callable[[Path, Path], None]:
+@_curried
+def all_records(path: Path, outside: Path, level: int,
+                change: Callable[[bytes], bytes] | None) -> None:  # fmt: skip
     """Edit: change (or with ``None`` delete) every record of a level."""
-
-    def edit(path: Path, outside: Path) -> None:
-        for record in (path / f"levels/{level}/records").glob("*.0"):
-            record.unlink() if change is None else record.write_bytes(change(record.read_bytes()))
-
-    return edit
+    for record in (path / f"levels/{level}/records").glob("*.0"):
+        record.unlink() if change is None else record.write_bytes(change(record.read_bytes()))
 
 
 # fmt: off
 # ---------------------------------------------------------------------------- the corpus
-P0 = "levels/0/params"
-M0 = "levels/0/mask"
+P0 = "levels/0/main/params"
+M0 = "levels/0/main/mask"
+S0 = "levels/0/main/scales"
 NEAR_FILES = tile_files(0, NEAR)
 FAR_FILES = tile_files(0, FAR)
 MODEL_FILES = tile_files(0, (0, 0))
 
 
 def _zarray_cases() -> None:
-    filters = {
-        "pickle": [{"id": "pickle", "protocol": 5}],
-        "vlen-utf8": [{"id": "vlen-utf8"}],
-        "json2": [{"id": "json2", "encoding": "utf-8"}],
-        "fixedscaleoffset": [{"id": "fixedscaleoffset", "offset": 0, "scale": 1, "dtype": "<f4"}],
-    }
+    filters = {"pickle": [{"id": "pickle", "protocol": 5}], "vlen-utf8": [{"id": "vlen-utf8"}],
+               "json2": [{"id": "json2", "encoding": "utf-8"}],
+               "fixedscaleoffset": [{"id": "fixedscaleoffset", "offset": 0, "scale": 1,
+                                     "dtype": "<f4"}]}
     for name, value in filters.items():
         _add(f"zarray-filter-{name}", f"params .zarray lists a {name} filter",
              set_zarray(P0, "filters", value))
@@ -448,8 +505,24 @@ def _zarray_cases() -> None:
     _add("zarray-chunks-short", "chunks of the wrong rank", shape(lambda c: c[:1], key="chunks"))
     _add("zarray-records-huge", "records claim a 2**31 x 2**31 tile grid",
          shape(lambda s: [2**31, 2**31, s[2]], "levels/0/records"), absurd=True)
-    for dtype in ("|O", "<U4", "<c8", ">f8", ">f4", "<f8", "|V8", "M8[ns]", "float128x"):
-        _add(f"zarray-dtype-{dtype}", f"params dtype {dtype}", set_zarray(P0, "dtype", dtype))
+    for dtype in ("|O", "<U4", "<c8", ">f8", ">f4", "<f8", "|V8", "M8[ns]", "float128x", "<f4",
+                  ">u2", "<i2", "<u4", "|u1"):
+        _add(f"zarray-dtype-{dtype}", f"quantised params dtype {dtype}, not <u2",
+             set_zarray(P0, "dtype", dtype))
+    for dtype in ("<u2", ">f4", "<f8", "<f2"):
+        _add(f"zarray-float-dtype-{dtype}", f"float32 params dtype {dtype}",
+             set_zarray(P0, "dtype", dtype), base="float")
+    for dtype in ("<f4", "<u2", ">i2", "<i4", "|i1"):
+        _add(f"zarray-scales-dtype-{dtype}", f"scales dtype {dtype}, not <i2",
+             set_zarray(S0, "dtype", dtype))
+    _add("zarray-scales-shape", "scales of one layer too many",
+         shape(lambda s: [*s[:-1], s[-1] + 2], S0))
+    _add("zarray-scales-uncompressed", "scales claim to be stored uncompressed",
+         set_zarray(S0, "compressor", None))
+    _add("zarray-lite-params-dtype-<f4", "the lite bank's params as float32",
+         set_zarray("levels/0/lite/params", "dtype", "<f4"))
+    _add("zarray-split1-shape", "the split bank's grid of main's blocks",
+         shape(lambda s: [5, 6, *s[2:]], "levels/0/split1/params"))
     _add("zarray-dtype-structured", "a structured dtype",
          set_zarray(P0, "dtype", [["a", "<f4"], ["b", "|O"]]))
     _add("zarray-dtype-number", "dtype is a number", set_zarray(P0, "dtype", 5))
@@ -459,8 +532,22 @@ def _zarray_cases() -> None:
     _add("zarray-missing", "params .zarray deleted", remove(f"{P0}/.zarray"))
     _add("zarray-100MB", "a 100 MB params .zarray",
          sparse_file(f"{P0}/.zarray", 100 << 20, b'{"zarr_format": 2, "x": "'), absurd=True)
-    _add("array-missing", "the level-1 mask array is gone", remove("levels/1/mask"))
+    _add("array-missing", "the level-1 mask array is gone", remove("levels/1/main/mask"))
     _add("level-missing", "the level-1 group is gone", remove("levels/1"))
+    for array in ("levels/0/main/scales", "levels/0/split1/scales", "levels/1/lite/scales"):
+        _add(f"array-missing-{array[9:].replace('/', '-')}", f"{array} of a quantised level is gone",
+             remove(array))
+    for bank in ("levels/0/main", "levels/0/lite", "levels/0/split1", "levels/1/lite"):
+        _add(f"bank-missing-{bank[7:].replace('/', '-')}", f"the bank directory {bank} is gone",
+             remove(bank))
+    _add("bank-missing-complete", "a bank directory of an out-of-core store is gone",
+         remove("levels/0/split1"), base="complete")
+    _add("bank-unknown-split2", "a bank that the config does not have (ignored)",
+         copy("levels/0/split1", "levels/0/split2"), expect="same")
+    _add("bank-unknown-name", "an unknown directory beside the banks (ignored)",
+         copy("levels/0/lite", "levels/0/extra"), expect="same")
+    _add("bank-unknown-array", "an unknown array in a bank (ignored)",
+         copy(S0, "levels/0/main/biases"), expect="same")
 
 
 def _attribute_cases() -> None:
@@ -520,6 +607,23 @@ def _attribute_cases() -> None:
     _add("config-omega-NaN", "omega_0 NaN", set_attr("config", "omega_0", value=math.nan))
     _add("config-omega-huge", "omega_0 1e300 (folded into the stored weights: no effect)",
          set_attr("config", "omega_0", value=1e300), expect="same")
+    # the banks (their arrays and the records' counts must match what the config implies)
+    for key, value, name in (("max_splits", 2, 2), ("max_splits", 5, 5), ("max_splits", -1, -1),
+                             ("lite_width", None, "null"), ("lite_width", 16, 16),
+                             ("lite_width", 0, 0), ("split_width", 16, 16),
+                             ("split_width", "8", "string"), ("weight_bits", 3, 3),
+                             ("weight_bits", 4, "4-below-target"), ("weight_bits", "7", "string"),
+                             ("lite_energy", math.nan, "NaN")):
+        _add(f"config-{key}-{name}", f"config {key} {value!r}",
+             set_attr("config", key, value=value))
+    _add("config-max_splits-0", "no split bank in the config, its arrays and MLPs still there",
+         set_attr("config", "max_splits", value=0))
+    _add("config-max_splits-0-one-split", "no split bank in the config, one split MLP left: "
+         "no more MLPs than the other banks have blocks",
+         both(change_tile(0, (0, 0), keep_one("split1")), set_attr("config", "max_splits", value=0)))
+    for value in (None, 8, 16):  # quantisation is the levels' attribute, not the config's
+        _add(f"config-weight_bits-{value or 'null'}", f"config weight_bits {value!r} (levels say 7)",
+             set_attr("config", "weight_bits", value=value), expect="same")
     # layout
     _add("layout-list", "layout is a list", set_attr("layout", value=[40, 48]))
     _add("layout-missing", "no layout", set_attr("layout", value=_DELETE))
@@ -575,6 +679,8 @@ def _attribute_cases() -> None:
         _add(f"tile_blocks-{name}", f"level 0 tile_blocks {value!r}",
              set_attr("levels", 0, "tile_blocks", value=value),
              absurd=name == "huge")
+    _add("tile_blocks-long", "level 0 tile_blocks [5, 6, 1] in a 2-D store",
+         set_attr("levels", 0, "tile_blocks", value=[5, 6, 1]))
     _add("tile_blocks-1-consistent", "1-block tiles, arrays made to fit (records do not)",
          set_attr("levels", 0, "tile_blocks", value=[1, 1], consistent=True))
     for name, value in (("negative", -1), ("huge", 10**12), ("string", "3"), ("float", 3.5)):
@@ -592,6 +698,29 @@ def _attribute_cases() -> None:
          expect="same")
     _add("stats-empty", "level stats empty (summed from the records)",
          set_attr("levels", 0, "stats", value={}), expect="same")
+    # quantisation
+    bits = {"0": 0, "3": 3, "17": 17, "negative": -7, "string": "8", "bool": True, "float": 7.5,
+            "NaN": "NaN", "list": [7]}
+    for name, value in bits.items():
+        _add(f"bits-{name}", f"level 0 bits {value!r}", set_attr("levels", 0, "bits", value=value))
+    _add("bits-null", "level 0 bits null (float32), its arrays quantised",
+         set_attr("levels", 0, "bits", value=None))
+    _add("bits-missing", "level 1 without bits (float32), its arrays quantised",
+         set_attr("levels", 1, "bits", value=_DELETE))
+    _add("bits-null-consistent", "bits null with float32 .zarray, the chunks quantised",
+         set_attr("levels", 0, "bits", value=None, consistent=True))
+    _add("bits-4", "level 0 bits 4: its codes lie outside that grid",
+         set_attr("levels", 0, "bits", value=4))
+    _add("bits-8", "level 0 bits 8: a finer grid holds the same codes (decoding is the same)",
+         set_attr("levels", 0, "bits", value=8), expect="same")
+    _add("bits-8-complete", "bits 8 in an out-of-core store",
+         set_attr("levels", 0, "bits", value=8), base="complete", expect="same")
+    _add("bits-7-float", "bits 7 on a level of float32 weights",
+         set_attr("levels", 0, "bits", value=7), base="float")
+    _add("bits-7-float-consistent", "bits 7, quantised .zarray, float32 chunks",
+         set_attr("levels", 0, "bits", value=7, consistent=True), base="float")
+    _add("bits-missing-float", "no bits attribute on float32 levels (null is the default)",
+         set_attr("levels", 0, "bits", value=_DELETE), base="float", expect="same")
 
 
 def _absurd_size_cases() -> None:
@@ -611,12 +740,12 @@ def _absurd_size_cases() -> None:
          base="fitting", absurd=True)
     _add("layout-16-levels-fitting", "16 levels over 2e6 x 2e6 pixels",
          both(set_attr("config", "n_levels", value=16),
-              set_attr("levels", value=[{"tile_blocks": [2, 2], "stats": {}}] * 16),
+              set_attr("levels", value=[{"tile_blocks": [2, 2], "bits": 7, "stats": {}}] * 16),
               set_attr("layout", "shape", value=big, consistent=True)),
          base="fitting", absurd=True)
     _add("layout-volume-fitting", "a fit of a volume of 2e5-voxel sides that has just started",
          both(all_records(0, None), all_records(1, None),
-              set_attr("levels", value=[{"tile_blocks": [2, 2, 2], "stats": {}}] * 2),
+              set_attr("levels", value=[{"tile_blocks": [2, 2, 2], "bits": 7, "stats": {}}] * 2),
               set_attr("layout", "shape", value=[200_000] * 3, consistent=True)),
          base="fitting", absurd=True)
     _add("layout-2e6-complete", "2e6 x 2e6 pixels in a store marked complete",
@@ -638,6 +767,24 @@ def _record_cases() -> None:
          change_file(far, record_field("n_mlps", 1.0)), base="complete")
     _add("record-digest-flipped", "record checksum altered", change_file(far, flip(0)),
          base="complete")
+    model = MODEL_FILES["records"]
+    counts = {"fraction": record_field(0, 6.5), "negative": record_field(1, -1.0),
+              "NaN": record_field(2, math.nan), "sum-wrong": record_field(0, 1.0),
+              "moved": move_count(0, 1), "moved-split": move_count(1, 2),
+              "moved-unused": move_count(0, 5)}
+    for name, change in counts.items():
+        _add(f"record-bank-count-{name}", f"record bank MLP counts: {name}",
+             change_file(model, change))
+    _add("record-bank-count-added-unused", "a record counts an MLP in a sixth bank",
+         change_file(model, move_count(None, 5)))
+    _add("record-bank-count-added-level-1", "a level-1 record counts an MLP in a third bank",
+         change_file("levels/1/records/0.0.0", move_count(None, 2)))
+    _add("record-bank-count-moved-far", "record bank counts moved (out-of-core store)",
+         change_file(far, move_count(0, 2)), base="complete")
+    _add("record-v2-size", "a record of format 2's size (no bank counts)",
+         change_file(far, lambda r: r[:RECORD_BYTES_V2]), base="complete")
+    _add("record-v2-size-model", "a format-2-sized record in a saved model",
+         change_file(model, lambda r: r[:RECORD_BYTES_V2]))
     _add("record-digest-flipped-near", "record checksum of the tile under the region altered",
          change_file(near, flip(5)), base="complete")
     for name, change in (("truncated", lambda r: r[:-1]), ("too-long", lambda r: r + b"\0"),
@@ -677,14 +824,18 @@ def _record_cases() -> None:
                          ("zeros", lambda r: bytes(len(r)))):
         _add(f"fitting-record-{name}", f"a record {name} as by a crash: the tile is unfinished",
              change_file(done["records"], change), base="fitting", expect="unfinished")
+    _add("fitting-record-v2-size", "a record of format 2's size (shorter: an unfinished tile)",
+         change_file(done["records"], lambda r: r[:RECORD_BYTES_V2]), base="fitting",
+         expect="unfinished")
     for name, change in (("too-long", lambda r: r + b"\0"),
                          ("sse-NaN", record_field("sse", math.nan)),
                          ("n_mlps-too-many", record_field("n_mlps", 5.0)),
                          ("digest-flipped", flip(3))):
         _add(f"fitting-record-{name}", f"a record of a store being fitted: {name}",
              change_file(done["records"], change), base="fitting")
-    _add("fitting-params-deleted", "a finished tile's params chunk deleted",
-         remove(done["params"]), base="fitting")
+    for array in ("params", "scales"):
+        _add(f"fitting-{array}-deleted", f"a finished tile's {array} chunk deleted",
+             remove(done[array]), base="fitting")
     unfinished = tile_files(0, FAR)
     _add("fitting-orphan-chunks", "chunk files of a tile that has no record (ignored)",
          both(write_file(unfinished["params"], b"garbage"), write_file(unfinished["mask"], b"x")),
@@ -692,9 +843,13 @@ def _record_cases() -> None:
 
 
 def _chunk_cases() -> None:
-    for label, files, base in (("near", NEAR_FILES, "complete"), ("far", FAR_FILES, "complete"),
-                               ("model", MODEL_FILES, "model")):
-        for array in ("params", "mask"):
+    tiles = [("near", NEAR_FILES, "complete"), ("far", FAR_FILES, "complete"),
+             ("model", MODEL_FILES, "model"), ("float", MODEL_FILES, "float")]
+    tiles += [(f"model-{bank}", tile_files(0, (0, 0), bank), "model") for bank in BANKS0[1:]]
+    for label, files, base in tiles:
+        for array in ("params", "mask", "scales"):
+            if array == "scales" and base == "float":
+                continue
             relative = files[array]
             _add(f"{array}-deleted-{label}", f"{array} chunk deleted", remove(relative), base=base)
             _add(f"{array}-truncated-{label}", f"{array} chunk truncated",
@@ -705,17 +860,20 @@ def _chunk_cases() -> None:
                  change_file(relative, flip(-1)), base=base)
             _add(f"{array}-header-flip-{label}", f"{array} chunk header bits flipped",
                  change_file(relative, flip(5)), base=base)
-    near = NEAR_FILES["params"]
     _add("params-swapped-tiles", "two tiles' params chunks swapped",
-         lambda path, outside: (
-             os.replace(path / near, outside / "swap"),
-             os.replace(path / FAR_FILES["params"], path / near),
-             os.replace(outside / "swap", path / FAR_FILES["params"])),
-         base="complete")
-    _add("params-uncompressed", "raw float32 bytes instead of a Blosc chunk",
-         write_file(MODEL_FILES["params"], bytes(5 * 6 * 4 * 1000)))
-    _add("params-bomb-nbytes", "Blosc header claims 2 GiB decoded",
-         change_file(MODEL_FILES["params"], blosc_header(nbytes=2**31)), absurd=True)
+         swap(NEAR_FILES["params"], FAR_FILES["params"]), base="complete")
+    _add("params-swapped-banks", "the main and lite params chunks of a tile swapped",
+         swap(MODEL_FILES["params"], tile_files(0, (0, 0), "lite")["params"]))
+    _add("params-uncompressed", "raw codes (a chunk's size) instead of a Blosc chunk",
+         lambda path, outside: (path / MODEL_FILES["params"]).write_bytes(
+             bytes(ArraySpec.from_zarray(_read_json(path / P0 / ".zarray"), P0).chunk_bytes)))
+    _add("params-reencoded-lz4", "a chunk compressed anew with lz4 (the same data)",
+         reencode(MODEL_FILES["params"], "lz4"), expect="same")
+    _add("scales-reencoded-blosclz", "a scales chunk compressed anew with blosclz (same data)",
+         reencode(MODEL_FILES["scales"], "blosclz"), expect="same")
+    for array in ("params", "scales"):
+        _add(f"{array}-bomb-nbytes", "Blosc header claims 2 GiB decoded",
+             change_file(MODEL_FILES[array], blosc_header(nbytes=2**31)), absurd=True)
     _add("params-bomb-blocksize", "Blosc header claims 2 GiB blocks",
          change_file(MODEL_FILES["params"], blosc_header(blocksize=2**31)), absurd=True)
     _add("params-bomb-cbytes", "Blosc header claims 2 GiB stored",
@@ -725,26 +883,34 @@ def _chunk_cases() -> None:
          absurd=True)
     _add("params-100MB", "a 100 MB params chunk file",
          sparse_file(MODEL_FILES["params"], 100 << 20), absurd=True)
+    # float32 weights: finite and of sane magnitude
+    for name, value in (("NaN", math.nan), ("inf", math.inf), ("3e38", 3e38), ("1e30", 1e30),
+                        ("-1e13", -1e13)):
+        for bank in BANKS0:
+            suffix = "" if bank == "main" else f"-{bank}"
+            _add(f"params-{name}-rehashed{suffix}", f"a {bank} weight {value!r}, checksum recomputed",
+                 change_tile(0, (0, 0), set_value(bank, "params", 3, value)), base="float")
+    # quantised weights: integers on their grid, scale codes in range
+    for bank in BANKS0:
+        _add(f"code-above-grid-rehashed-{bank}", f"a {bank} code just above its grid, checksum "
+             "recomputed", change_tile(0, (0, 0), set_value(bank, "params", 0, above_grid)))
+    _add("code-65535-rehashed", "the largest uint16 code, checksum recomputed",
+         change_tile(0, (0, 0), set_value("main", "params", 5, 65535)))
+    _add("code-above-grid-rehashed-level-1", "a level-1 code above its grid",
+         change_tile(1, (0, 0), set_value("main", "params", 0, above_grid)))
+    _add("code-above-grid-rehashed-near", "a code above its grid (out-of-core store)",
+         change_tile(0, NEAR, set_value("main", "params", 0, above_grid)), base="complete")
+    _add("fitting-code-above-grid-rehashed", "a code above its grid in a store being fitted",
+         change_tile(0, FITTING_DONE, set_value("main", "params", 0, above_grid)), base="fitting")
+    for value in (32767, 1025, -1025, -32767, -2000):
+        for bank in ("main", "split1"):
+            _add(f"scale-{value}-rehashed-{bank}", f"a {bank} scale code {value}, checksum "
+                 "recomputed", change_tile(0, (0, 0), set_value(bank, "scales", 1, value)))
+    _add("scale-1025-rehashed-near", "a scale code 1025 (out-of-core store)",
+         change_tile(0, NEAR, set_value("main", "scales", 0, 1025)), base="complete")
 
-    def active(mask: np.ndarray, params: np.ndarray) -> tuple:
-        return tuple(int(i[0]) for i in np.nonzero(mask))
-
-    def poison(value: float) -> Callable[[np.ndarray, np.ndarray], None]:
-        def change(mask: np.ndarray, params: np.ndarray) -> None:
-            params[(*active(mask, params), 3)] = value
-
-        return change
-
-    for name, value in (("NaN", math.nan), ("inf", math.inf), ("3e38", 3e38), ("1e30", 1e30)):
-        _add(f"params-{name}-rehashed", f"a weight {value!r}, checksum recomputed to match",
-             change_tile(0, NEAR, poison(value)), base="complete")
-        _add(f"params-{name}-rehashed-model", f"a weight {value!r}, checksum recomputed",
-             change_tile(0, (0, 0), poison(value)))
-    _add("fitting-params-NaN-rehashed", "a NaN weight in a finished tile of a store being fitted",
-         change_tile(0, FITTING_DONE, poison(math.nan)), base="fitting")
-
-    def mask_two(mask: np.ndarray, params: np.ndarray) -> None:
-        mask[active(mask, params)] = 2
+    def mask_two(arrays: TileArrays, level: LevelHeader) -> None:
+        arrays["main"]["mask"][first_active(arrays, "main")] = 2
 
     _add("mask-2-rehashed", "a mask value 2, checksum recomputed", change_tile(0, NEAR, mask_two),
          base="complete")
@@ -808,161 +974,10 @@ _link_cases()
 CASE_NAMES = {case.name: case for case in CASES}
 
 
-# ------------------------------------------------------------------------------- exercising
-REGION = (slice(0, 8), slice(0, 8))
-"""The region decoded (level-0 pixels)."""
-ACTIONS = ("decode", "region", "pyramid", "labels", "save")
-"""What is done with a loaded model, in this order (after ``load``)."""
+if __name__ == "__main__":  # pragma: no cover - list the corpus
+    from collections import Counter
 
-
-def _mlps(model: Any) -> np.ndarray:
-    """Every level's MLPs as one vector: which blocks have one, then their weights and biases."""
-    parts = []
-    for level in model.levels:
-        present, weights, biases = level.gather(torch.arange(level.grid.n_blocks))
-        parts += [present.numpy().astype(np.float32)]
-        parts += [t.numpy().reshape(-1) for t in (*weights, *biases)]
-    return np.concatenate(parts)
-
-
-def _run(action: str, model: Any, other: Path) -> np.ndarray:
-    from napari_miner.core.overlay import active_block_labels
-
-    if action == "decode":
-        return model.decode(0)
-    if action == "region":
-        return model.decode(0, region=REGION)
-    if action == "pyramid":
-        return model.as_pyramid()[0][:8, :8].compute(scheduler="synchronous")
-    if action == "labels":
-        return active_block_labels(model)[0]
-    if action == "save":
-        model.save(other)
-        return nm.load(other).decode(0)
-    raise ValueError(action)
-
-
-def model_outputs(model: Any) -> dict[str, np.ndarray]:
-    """What a valid store gives for every action (``save``: the decode of the saved copy)."""
-    outputs = {"n_mlps": np.array([level.n_mlps for level in model.levels]), "mlps": _mlps(model)}
-    outputs.update({a: _run(a, model, Path()) for a in ACTIONS if a != "save"})
-    outputs["save"] = outputs["decode"]
-    return outputs
-
-
-def _compare(found: np.ndarray, expected: np.ndarray) -> str:
-    found = np.asarray(found)
-    if found.shape != expected.shape:
-        return f"different (shape {found.shape} instead of {expected.shape})"
-    if found.dtype == expected.dtype and np.array_equal(found, expected):
-        return "same"
-    if found.dtype != expected.dtype and np.array_equal(found.astype(expected.dtype), expected):
-        return f"converted to {found.dtype.str}"
-    return "different"
-
-
-def _describe(error: BaseException) -> str:
-    return f"error {type(error).__name__}: {error}"
-
-
-def outcomes(
-    path: Path, other: Path, expected: dict[str, np.ndarray], max_pixels: int = 10**7
-) -> dict[str, str]:
-    """Load the store at ``path`` and do every action; how each compares with ``expected``.
-
-    Values are ``"same"``, ``"converted to <dtype>"``, ``"different..."``, ``"skipped"`` or
-    ``"error <Type>: <message>"``. The full decode and the save are skipped for a model larger than
-    ``max_pixels`` (they would legitimately need memory in proportion to its size).
-    """
-    result: dict[str, str] = {}
-    try:
-        model = nm.load(path)
-    except Exception as error:  # noqa: BLE001 - every exception is an outcome here
-        return {"load": _describe(error)}
-    result["load"] = "ok"
-    counts = np.array([level.n_mlps for level in model.levels])
-    result["n_mlps"] = _compare(counts, expected["n_mlps"])
-    large = math.prod(model.shape) > max_pixels
-    if not large:
-        try:
-            result["mlps"] = _compare(_mlps(model), expected["mlps"])
-        except Exception as error:  # noqa: BLE001
-            result["mlps"] = _describe(error)
-    for action in ACTIONS:
-        if large and action in ("decode", "save"):
-            result[action] = "skipped"
-            continue
-        try:
-            result[action] = _compare(_run(action, model, other), expected[action])
-        except Exception as error:  # noqa: BLE001
-            result[action] = _describe(error)
-    return result
-
-
-def limit_address_space(headroom: int) -> int:
-    """Limit this process's address space to its current size plus ``headroom`` bytes (Linux)."""
-    import resource
-
-    with open("/proc/self/status") as status:
-        size = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
-    limit = size + headroom
-    _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-    return limit
-
-
-def child_main(spec_file: str, result_file: str) -> None:
-    """Run cases under a memory limit (in a subprocess): see ``test_hostile_stores.py``."""
-    import dask.array  # noqa: F401 - imported before the limit, as a running viewer would have
-    import numcodecs.blosc  # noqa: F401
-    import zarr  # noqa: F401
-
-    import napari_miner.core.overlay  # noqa: F401
-    import napari_miner.io.lazy  # noqa: F401
-    import napari_miner.io.legacy  # noqa: F401
-
-    torch.set_num_threads(1)
-    spec = json.loads(Path(spec_file).read_text())
-    expected = {}
-    for base, npz in spec["expected"].items():
-        with np.load(npz) as data:
-            expected[base] = {key: data[key] for key in data.files}
-    warm = spec["warm_up"]  # a valid store: everything a load and a decode touch is set up
-    outcomes(Path(warm["path"]), Path(warm["other"]), expected[warm["base"]])
-    limit_address_space(int(spec["headroom"]))
-    try:  # the limit works: memory in proportion to a claim of 2 GiB is refused
-        np.ones(2 << 30, dtype=np.uint8)
-        effective = False
-    except MemoryError:
-        effective = True
-    results: dict[str, Any] = {"limit effective": effective}
-    results.update(
-        {
-            case["name"]: outcomes(Path(case["path"]), Path(case["other"]), expected[case["base"]])
-            for case in spec["cases"]
-        }
-    )
-    Path(result_file).write_text(json.dumps(results))
-
-
-def summary() -> dict[str, int]:
-    """Number of cases per expectation (for the report)."""
-    counts: dict[str, int] = {}
     for case in CASES:
-        counts[case.expect] = counts.get(case.expect, 0) + 1
-    return counts
-
-
-if __name__ == "__main__":  # pragma: no cover - list the corpus, or run cases as a child
-    import sys
-
-    torch.set_num_threads(1)
-    if len(sys.argv) == 3:
-        child_main(sys.argv[1], sys.argv[2])
-        sys.exit(0)
-    for case in CASES:
-        print(
-            f"{case.name:40s} {case.base:9s} {case.expect:12s} {'absurd ' if case.absurd else ''}"
-            f"{case.what}"
-        )
-    print(len(CASES), summary())
+        absurd = "absurd " if case.absurd else ""
+        print(f"{case.name:40s} {case.base:9s} {case.expect:12s} {absurd}{case.what}")
+    print(len(CASES), dict(Counter(case.expect for case in CASES)))

@@ -100,19 +100,46 @@ def test_store_is_a_plain_zarr_group(gray_model, tmp_path):
     assert group.attrs["status"] == "complete"
     assert group.attrs["config"] == TINY.to_dict()
     assert group.attrs["layout"] == gray_model.layout.to_dict()
-    for j, level in enumerate(gray_model.levels):
-        mask = group[f"levels/{j}/mask"]
-        params = group[f"levels/{j}/params"]
-        assert mask.dtype == np.uint8 and mask.shape == level.grid.grid_shape
-        assert params.dtype == np.float32 and params.shape[:-1] == level.grid.grid_shape
-        assert group[f"levels/{j}/records"].dtype == np.uint8
-        np.testing.assert_array_equal(mask[...].astype(bool), level.active_mask())
-        # zarr decodes the same packed MLPs as napari-miner
-        present, weights, biases = _all_mlps(level)
-        from napari_miner.core.mlp_bank import pack_bank
+    from napari_miner.core.mlp_bank import pack_bank
+    from napari_miner.core.quantize import decode_packed
 
-        packed = pack_bank(weights, biases).numpy()
-        np.testing.assert_array_equal(params[...].reshape(-1, params.shape[-1])[present], packed)
+    for j, level in enumerate(gray_model.levels):
+        assert group.attrs["levels"][j]["bits"] == level.bits == TINY.weight_bits
+        mask = group[f"levels/{j}/main/mask"]
+        params = group[f"levels/{j}/main/params"]
+        scales = group[f"levels/{j}/main/scales"]
+        assert mask.dtype == np.uint8 and mask.shape == level.grid.grid_shape
+        assert params.dtype == np.uint16 and params.shape[:-1] == level.grid.grid_shape
+        assert scales.dtype == np.int16 and scales.shape[:-1] == level.grid.grid_shape
+        assert group[f"levels/{j}/records"].dtype == np.uint8
+        np.testing.assert_array_equal(mask[...].astype(bool), level.grid.mask(level.block_ids))
+        # zarr reads integer codes and scale codes that give back exactly the model's MLPs
+        present, weights, biases = level.gather(torch.arange(level.grid.n_blocks))
+        sizes = [tuple(w.shape[1:]) for w in weights]
+        n = params.shape[-1]
+        floats = decode_packed(
+            params[...].reshape(-1, n)[present.numpy()],
+            scales[...].reshape(-1, scales.shape[-1])[present.numpy()],
+            sizes,
+        )
+        np.testing.assert_array_equal(floats, pack_bank(weights, biases).numpy())
+
+
+def test_float32_weights_are_stored_as_they_are(tmp_path):
+    model = nm.fit(_inputs()["gray"], TINY.replace(weight_bits=None), device="cpu")
+    path = tmp_path / "m.miner.zarr"
+    model.save(path)
+    group = zarr.open_group(str(path), mode="r")
+    from napari_miner.core.mlp_bank import pack_bank
+
+    for j, level in enumerate(model.levels):
+        assert group.attrs["levels"][j]["bits"] is level.bits is None
+        params = group[f"levels/{j}/main/params"]
+        assert params.dtype == np.float32 and f"levels/{j}/main/scales" not in group
+        present, weights, biases = level.gather(torch.arange(level.grid.n_blocks))
+        packed = params[...].reshape(-1, params.shape[-1])[present.numpy()]
+        np.testing.assert_array_equal(packed, pack_bank(weights, biases).numpy())
+    _assert_same_model(nm.load(path), model)
 
 
 def test_saving_a_model_to_the_store_it_is_read_from(gray_model, tmp_path):
@@ -270,26 +297,27 @@ def test_invalid_layout_attribute(saved):
 def test_arrays_that_do_not_fit_the_config(saved):
     config = json.loads((saved / ".zattrs").read_text())["config"]
     _edit_attributes(saved, config={**config, "hidden_width": config["hidden_width"] + 1})
-    with pytest.raises(nm.ModelFormatError, match=r"levels/0/params has shape .* implies"):
+    with pytest.raises(nm.ModelFormatError, match=r"levels/0/main/params has shape .* implies"):
         nm.load(saved)
 
 
 def test_missing_array(saved):
-    shutil.rmtree(saved / "levels" / "1" / "params")
-    with pytest.raises(nm.ModelFormatError, match="levels/1/params is missing"):
+    shutil.rmtree(saved / "levels" / "1" / "main" / "params")
+    with pytest.raises(nm.ModelFormatError, match="levels/1/main/params is missing"):
         nm.load(saved)
 
 
 def test_missing_chunk_is_detected(saved):
-    (saved / "levels" / "0" / "params" / "0.0.0").unlink()  # zarr alone would read zeros
+    (saved / "levels" / "0" / "main" / "params" / "0.0.0").unlink()  # zarr alone would read zeros
     with pytest.raises(
-        nm.ModelFormatError, match=r"tile \(0, 0\) of level 0.*levels/0/params/0.0.0 is missing"
+        nm.ModelFormatError,
+        match=r"tile \(0, 0\) of level 0.*levels/0/main/params/0.0.0 is missing",
     ):
         nm.load(saved)
 
 
 def test_truncated_chunk_is_detected(saved):
-    chunk = saved / "levels" / "0" / "params" / "0.0.0"
+    chunk = saved / "levels" / "0" / "main" / "params" / "0.0.0"
     chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])
     model = nm.load(saved)  # read lazily: found when the tile is read
     with pytest.raises(nm.ModelFormatError, match=f"{chunk}.*damaged"):
@@ -298,7 +326,7 @@ def test_truncated_chunk_is_detected(saved):
 
 @pytest.mark.parametrize("offset", [-1, 20])
 def test_corrupted_chunk_is_detected(saved, offset):
-    chunk = saved / "levels" / "1" / "params" / "0.0.0"
+    chunk = saved / "levels" / "1" / "main" / "params" / "0.0.0"
     assert json.loads((chunk.parent / ".zarray").read_text())["compressor"]["id"] == "blosc"
     raw = bytearray(chunk.read_bytes())
     raw[offset] ^= 0xFF  # flip bits in the payload
@@ -319,11 +347,11 @@ def test_corrupted_chunk_is_detected(saved, offset):
     ],
 )
 def test_codecs_outside_the_whitelist_are_refused(saved, key, codec):
-    meta_file = saved / "levels" / "0" / "params" / ".zarray"
+    meta_file = saved / "levels" / "0" / "main" / "params" / ".zarray"
     meta = json.loads(meta_file.read_text())
     meta[key] = codec
     meta_file.write_text(json.dumps(meta))
-    with pytest.raises(nm.ModelFormatError, match="levels/0/params"):
+    with pytest.raises(nm.ModelFormatError, match="levels/0/main/params"):
         nm.load(saved)
 
 
@@ -401,7 +429,7 @@ def test_store_without_attributes_never_loads(gray_model, tmp_path, monkeypatch)
     monkeypatch.setattr(store, "write_json", no_attributes)
     path = tmp_path / "m.miner.zarr"
     gray_model.save(path)
-    assert (path / "levels" / "0" / "params" / "0.0.0").is_file()
+    assert (path / "levels" / "0" / "main" / "params" / "0.0.0").is_file()
     assert not (path / ".zattrs").exists()
     with pytest.raises(nm.ModelFormatError, match="not a napari-miner model store"):
         nm.load(path)
