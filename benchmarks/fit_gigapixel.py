@@ -8,6 +8,7 @@ its own process so that its peak RSS is its own.
 
     python benchmarks/fit_gigapixel.py                       # 8192², 16384², 32768² on CPU
     python benchmarks/fit_gigapixel.py --sizes 8192 --device cuda --memory-budget 8GiB
+    python benchmarks/fit_gigapixel.py --sizes 8192 --set weight_bits=null   # float32 store
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import folder_size
+from _common import config_overrides, folder_size
 
 GENERATE_CHUNK = 4096
 STORE_CHUNK = 1024
@@ -120,8 +121,9 @@ def fit_one(args: argparse.Namespace) -> dict:
     store = work / f"fit-{size}.miner.zarr"
     shutil.rmtree(store, ignore_errors=True)
     config = nm.MinerConfig(
-        max_steps=args.steps, check_every=args.check_every, progress_every=10**6
-    )
+        max_steps=args.steps, check_every=args.check_every, progress_every=10**6,
+        **config_overrides(args.set),
+    )  # fmt: skip
 
     rss_before = peak_rss_mb()
     started = time.perf_counter()
@@ -193,6 +195,10 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/napari-miner-gigapixel")
     parser.add_argument("--output", help="write the results as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the generated images and fits")
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE",
+        help="MinerConfig overrides (JSON values), e.g. weight_bits=null max_splits=0",
+    )  # fmt: skip
     args = parser.parse_args()
     Path(args.work).mkdir(parents=True, exist_ok=True)
     if args.size is not None:
@@ -207,6 +213,8 @@ def main() -> None:
         command = [sys.executable, __file__, "--size", str(size)]
         for flag in ("steps", "check_every", "device", "memory_budget", "threads", "work"):
             command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+        if args.set:
+            command += ["--set", *args.set]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         result = json.loads(output.strip().splitlines()[-1])
         results.append(result)

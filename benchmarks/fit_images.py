@@ -1,8 +1,8 @@
 """Time-to-PSNR benchmark of MINER image fitting (the numbers in docs/benchmarks.md).
 
 For scikit-image's ``astronaut`` (512×512 RGB) and the top-left 1280×1280 crop of ``retina`` (RGB),
-fit with the given configuration and print the training time to 30/35/38/40 dB, the final PSNR, the
-parameter count and peak memory. PSNR is always that of the full-resolution reconstruction (a coarser
+fit with the given configuration and print the training time to 30/35/38/40 dB, the final PSNR and
+why the fit ended, the parameter count, the saved store's size (bits per pixel) and peak memory. PSNR is always that of the full-resolution reconstruction (a coarser
 level's estimate upsampled to full size), computed against the uint8 input with peak 255; the time
 excludes only that evaluation, as the reference code does.
 
@@ -19,10 +19,12 @@ import json
 import platform
 import resource
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
-from _common import config_overrides, load_image
+from _common import config_overrides, folder_size, load_image
 
 import napari_miner as nm
 from napari_miner.core.metrics import psnr
@@ -59,6 +61,10 @@ def run_one(name: str, config: nm.MinerConfig, device: str, eval_every: int) -> 
     for threshold in THRESHOLDS:
         if reached[threshold] is None and value >= threshold:
             reached[threshold] = final.elapsed_s
+    with tempfile.TemporaryDirectory() as folder:
+        store = Path(folder) / f"{name}.miner.zarr"
+        final.model.save(store)
+        store_bytes = folder_size(store)
     result = {
         "image": name,
         "shape": list(image.shape),
@@ -66,7 +72,10 @@ def run_one(name: str, config: nm.MinerConfig, device: str, eval_every: int) -> 
         "final_psnr_db": value,
         "train_time_s": final.elapsed_s,
         "wall_time_s": time.perf_counter() - wall,
+        "reason": final.reason,
         "parameters": final.model.n_parameters,
+        "store_bytes": store_bytes,
+        "store_bpp": 8 * store_bytes / (image.shape[0] * image.shape[1]),
         "levels": [
             {"level": j, **{k: lv.stats.get(k) for k in ("n_blocks", "n_mlps", "steps", "psnr")}}
             for j, lv in enumerate(final.model.levels)
@@ -113,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(
             f"{name} {tuple(result['shape'])}: {times} | final {result['final_psnr_db']:.2f} dB "
-            f"in {result['train_time_s']:.2f} s | {result['parameters']:,} parameters | "
+            f"in {result['train_time_s']:.2f} s ({result['reason']}) | "
+            f"{result['parameters']:,} parameters | store {result['store_bpp']:.2f} bpp | "
             f"peak RSS {result['peak_rss_mb']:.0f} MB"
             + (f" | peak GPU {result['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in result else "")
         )

@@ -2,8 +2,8 @@
 # The GPU checks of napari-miner in one run, for a lent CUDA machine that has torch, numpy,
 # scikit-image and pytest but not napari (zarr, dask and trimesh may come as wheels in .whl/).
 # CHECKS picks what runs (default: all of them, in this order):
-#   tests      core/API/volume/store/tiled-fit tests, the CUDA ones included
-#   images     benchmarks/fit_images.py on the GPU
+#   tests      core/fitting/API/volume/store tests, the CUDA ones included
+#   images     benchmarks/fit_images.py on the GPU (IMAGES, default: astronaut camera retina)
 #   volumes    benchmarks/fit_volumes.py (VOLUME_SIZE, default 512)
 #   decode     benchmarks/decode_throughput.py
 #   gigapixel  benchmarks/fit_gigapixel.py: GIGAPIXEL_SIZES (default 32768) with 6 steps as on
@@ -12,6 +12,7 @@
 set -uo pipefail
 OUT="${OUT:-gpu-out}"
 CHECKS="${CHECKS-tests images volumes decode gigapixel}"  # set but empty: none
+IMAGES="${IMAGES:-astronaut camera retina}"
 VOLUME_SIZE="${VOLUME_SIZE:-512}"
 GIGAPIXEL_SIZES="${GIGAPIXEL_SIZES:-32768}"
 GIGAPIXEL_STEPS="${GIGAPIXEL_STEPS:-50}"
@@ -26,12 +27,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -c "import sys, torch; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
 wants() { [[ " $CHECKS " == *" $1 "* ]]; }
 if wants tests; then
-    python3 -m pytest -q -p no:cacheprovider tests/core tests/test_api.py tests/test_volumes.py \
-        tests/io/test_store.py tests/io/test_mesh.py tests/io/test_lazy.py \
-        tests/io/test_tiled_fit.py 2>&1 | tee "$OUT/pytest.log" | tail -4
+    python3 -m pytest -q -p no:cacheprovider -rs tests/core tests/fitting tests/test_api.py \
+        tests/test_volumes.py tests/io/test_store.py tests/io/test_mesh.py tests/io/test_lazy.py \
+        --ignore tests/fitting/test_distributed.py 2>&1 | tee "$OUT/pytest.log" | tail -8
 fi
 if wants images; then
-    python3 benchmarks/fit_images.py --device cuda --json "$OUT/fit_images_cuda.json" 2>&1 | tee "$OUT/fit_images_cuda.log" | grep -v "^    level"
+    python3 benchmarks/fit_images.py --device cuda --images $IMAGES --json "$OUT/fit_images_cuda.json" 2>&1 | tee "$OUT/fit_images_cuda.log" | grep -v "^    level"
 fi
 if wants volumes; then
     python3 benchmarks/fit_volumes.py --device cuda --size "$VOLUME_SIZE" --json "$OUT/fit_volumes_cuda.json" 2>&1 | tee "$OUT/fit_volumes_cuda.log"

@@ -70,7 +70,11 @@ def main() -> None:
     configs = {
         "default": nm.MinerConfig(),
         "fixed": nm.MinerConfig(
-            max_steps=100, target_psnr=80.0, plateau_rel_tol=0.0, final_plateau_rel_tol=0.0
+            max_steps=100,
+            target_psnr=80.0,
+            plateau_rel_tol=0.0,
+            final_plateau_rel_tol=0.0,
+            weight_bits=None,
         ),
     }
     results = {}
