@@ -134,9 +134,9 @@ class LevelParams:
         """Copy of the level (every bank) on ``device``."""
         return LevelParams(
             self.grid,
-            self.block_ids.to(device),
-            [w.detach().to(device) for w in self.weights],
-            [b.detach().to(device) for b in self.biases],
+            self.block_ids.to(device, copy=True),
+            [w.detach().to(device, copy=True) for w in self.weights],
+            [b.detach().to(device, copy=True) for b in self.biases],
             dict(self.stats),
             tuple(bank.to(device) for bank in self.extra),
             self.bits,
