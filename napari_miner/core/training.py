@@ -125,6 +125,7 @@ class LevelTraining:
             )
         self._fit: BankFit | None = None
         self._bank = 0  # the bank being trained (index into level_banks)
+        self._begun: set[int] = set()  # the banks whose training has begun
         self._split_level_mse: Callable[[], float] | None = None
         self.steps = 0
         self.ended = "not started"
@@ -150,10 +151,17 @@ class LevelTraining:
         return self._fit.rows if self._fit is not None else self.level.block_ids[:0]
 
     def snapshot(self) -> LevelParams:
-        """Copy of :attr:`level` whose still-optimised blocks hold their current weights."""
+        """Copy of :attr:`level` whose still-optimised blocks hold their current weights.
+
+        Banks whose training has not begun yet are left out (their MLPs are still random).
+        """
         copy = self.level.to(self.level.block_ids.device)
+        banks = (copy, *copy.extra)
         if self._fit is not None:
-            self._fit.store_current((copy, *copy.extra)[self._bank])
+            self._fit.store_current(banks[self._bank])
+        for k, bank in enumerate(banks):
+            if k not in self._begun:
+                keep_rows(bank, torch.zeros_like(bank.block_ids, dtype=torch.bool))
         return copy
 
     def _level_mse(self) -> float:
@@ -229,6 +237,7 @@ class LevelTraining:
             self._generator,
         )  # fmt: skip
         self._fit, self._bank = fit, k
+        self._begun.add(k)
         done = self.steps
 
         def report(rows: torch.Tensor, mse: torch.Tensor, prediction: torch.Tensor | None) -> None:
@@ -345,6 +354,7 @@ class LevelTraining:
             self._chunk, self._generator,
         )  # fmt: skip
         self._fit, self._bank = fit, k
+        self._begun.add(k)
         done = self.steps
 
         def report(rows: torch.Tensor, mse: torch.Tensor, prediction: torch.Tensor | None) -> None:

@@ -280,3 +280,20 @@ def test_mlps_that_the_target_can_spare_are_dropped_least_useful_first():
     dropped = torch.ones(unit.level.grid.n_blocks, dtype=torch.bool)
     dropped[kept] = False
     assert bool((mse[dropped] == energy[dropped]).all())  # a dropped block keeps its residual
+
+
+def test_a_snapshot_leaves_out_banks_not_yet_trained():
+    target = torch.zeros((1, 64, 64))
+    y, x = np.mgrid[0:64, 0:32] / 64
+    target[0, :, :32] = torch.from_numpy(0.01 * np.sin(6 * y) * np.cos(5 * x)).float()
+    target[0, :, 32:] = _noise(11, (64, 32))[0]
+    unit = _training(target, n_levels=2, target_psnr=35.0, max_steps=50, level=1, lite_width=4,
+                     lite_energy=64.0, progress_every=5)  # fmt: skip
+    run = unit.run()
+    next(run)  # the main bank is training; the lite bank's MLPs are still random
+    assert unit.level.extra[0].block_ids.numel() > 0
+    live = unit.snapshot()
+    assert live.extra[0].n_mlps == 0 and live.block_ids.numel() == unit.level.block_ids.numel()
+    for _ in run:
+        pass
+    assert unit.snapshot().extra[0].n_mlps == unit.level.extra[0].n_mlps > 0
