@@ -171,7 +171,7 @@ class MinerConfig:
     seed : int
         Seed of the weight initialisation and pixel sampling.
     weight_bits : int or None
-        The weights are quantised to this many bits (4 to 16; the first layer gets 4 more) when a
+        The weights are quantised to this many bits (4 to 16; the first layer gets 1 more) when a
         bank finishes training, and stored as integers with one scale per block and layer;
         ``None`` keeps float32 weights.
     max_splits : int

@@ -6,10 +6,12 @@ is :mod:`napari_miner.fitting`). Within a level:
 
 1. **Pruning before training**: blocks whose residual energy is at most the level's threshold get no
    MLP (:func:`prune_threshold`, decided once over the whole level).
-2. **The main bank** trains, one MLP per remaining block (:class:`~napari_miner.core.bank_fit.BankFit`:
-   standardised residuals, retirement of converged blocks, plateau, ``max_steps``, target).
-3. **Quantisation**: the bank's weights are rounded to ``weight_bits`` bits, fine-tuned with the
-   rounding in the loop when it costs more than ``qat_budget_db`` (:mod:`napari_miner.core.quantize`).
+2. **The main and lite banks** train, one MLP per remaining block; blocks whose residual is small
+   get the lite bank's narrower MLPs (:class:`~napari_miner.core.bank_fit.BankFit`: standardised
+   residuals, retirement of converged blocks, plateau, ``max_steps``, target).
+3. **Quantisation**: each bank's weights are rounded to ``weight_bits`` bits, fine-tuned layer by
+   layer when rounding costs more than ``qat_budget_db`` (:mod:`napari_miner.core.quantize`); then
+   level 0 drops the MLPs its target can spare (:mod:`napari_miner.core.capacity`).
 4. **Capacity where the error is** (level 0, while it is below its target): the blocks still above
    their share of the error (the target's MSE) are split into ``2**d`` children of half the side,
    each with an MLP of its own that learns what is left (a *split* bank, itself trained and
@@ -265,24 +267,43 @@ class LevelTraining:
             bank.bits = self.config.weight_bits
             return
         blocks, masks = self._bank_blocks(k)
-        counts = self._counts[ids].double()
-        float_sse, _ = bank_mse(bank.weights, bank.biases, self._coords, blocks, masks)
-        float_sse = float_sse.double() * counts
+        counts = self._counts[ids]
         others = float((self._block_mse * self._counts).sum()) - float(
-            (self._block_mse[ids].double() * counts).sum()
+            (self._block_mse[ids].double() * counts.double()).sum()
         )
         total = float(self._counts.sum())
-        reference = psnr_from_mse((others + float(float_sse.sum())) / total)
+        self._block_mse[ids] = self._quantized_mse(
+            bank, blocks, masks, self._coords, counts, others, total
+        )
+
+    def _quantized_mse(
+        self,
+        bank: LevelParams,
+        blocks: torch.Tensor,
+        masks: torch.Tensor | None,
+        coords: torch.Tensor,
+        counts: torch.Tensor,
+        others: float,
+        total: float,
+    ) -> torch.Tensor:
+        """Quantise ``bank`` (fine-tuned if needed); returns its blocks' MSE after it.
+
+        What rounding costs is measured on the level's PSNR: its squared error is ``others`` plus
+        that of the bank's blocks (``counts`` values each), over ``total`` values.
+        """
+        float_mse, _ = bank_mse(bank.weights, bank.biases, coords, blocks, masks)
+        float_sse = float((float_mse.double() * counts.double()).sum())
+        reference = psnr_from_mse((others + float_sse) / total)
 
         def cost(sse: torch.Tensor) -> float:
             return reference - psnr_from_mse((others + float(sse.double().sum())) / total)
 
         fine_tune_quantized(
-            bank, blocks, masks, self._coords, self.config.weight_bits, cost,
+            bank, blocks, masks, coords, self.config.weight_bits, cost,
             self.config.qat_budget_db, self._chunk,
         )  # fmt: skip
-        quantized, _ = bank_mse(bank.weights, bank.biases, self._coords, blocks, masks)
-        self._block_mse[ids] = quantized
+        quantized, _ = bank_mse(bank.weights, bank.biases, coords, blocks, masks)
+        return quantized
 
     def _spare_sse(self, total: float) -> float | None:
         """The squared error level 0 may still add and stay at its target (``None``: no trimming).
@@ -382,21 +403,9 @@ class LevelTraining:
         )
         self.steps, self.ended = done + fit.steps, fit.ended
         if cfg.weight_bits is not None:
-            bank_blocks = blocks[ids]
-
-            def cost(sse: torch.Tensor) -> float:
-                reference = psnr_from_mse(level_mse())
-                return reference - psnr_from_mse(
-                    (start_sse - initial + float(sse.double().sum())) / total
-                )
-
-            float_mse, _ = bank_mse(bank.weights, bank.biases, coords, bank_blocks, masks)
-            child_sse[:] = float_mse * counts[ids]
-            fine_tune_quantized(
-                bank, bank_blocks, masks, coords, cfg.weight_bits, cost, cfg.qat_budget_db,
-                self._chunk,
-            )  # fmt: skip
-            quantized, _ = bank_mse(bank.weights, bank.biases, coords, bank_blocks, masks)
+            quantized = self._quantized_mse(
+                bank, blocks[ids], masks, coords, counts[ids], start_sse - initial, total
+            )
             child_sse[:] = quantized * counts[ids]
         spare = self._spare_sse(total)
         if spare is not None:
