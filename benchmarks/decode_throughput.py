@@ -46,8 +46,39 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _tiled_bank(bank, factor: int) -> LevelParams:
+    """One bank of a level repeated ``factor`` times along each spatial axis."""
+    grid = bank.grid
+    g = grid.grid_shape
+    big = BlockGrid(tuple(s * factor for s in grid.shape), grid.block_size)
+    if not isinstance(bank, LevelParams):  # a stored bank: its MLPs, in memory
+        every = torch.arange(grid.n_blocks)
+        present, weights, biases = bank.gather(every)
+        bank = LevelParams(grid, every[present], weights, biases)
+    coords = np.unravel_index(bank.block_ids.numpy(), g)
+    ids, rows = [], []
+    for shift in np.ndindex(*([factor] * len(g))):
+        moved = tuple(c + k * n for c, k, n in zip(coords, shift, g, strict=True))
+        ids.append(np.ravel_multi_index(moved, big.grid_shape))
+        rows.append(np.arange(len(ids[-1])))
+    ids_all = np.concatenate(ids)
+    order = np.argsort(ids_all)
+    take = torch.from_numpy(np.concatenate(rows)[order])
+    return LevelParams(
+        big,
+        torch.from_numpy(ids_all[order]),
+        [w[take] for w in bank.weights],
+        [b[take] for b in bank.biases],
+        bits=bank.bits,
+    )
+
+
 def tiled(model: nm.MinerModel, factor: int) -> nm.MinerModel:
-    """The model of the image tiled ``factor`` × ``factor``: every level's block bank repeated."""
+    """The model of the image tiled ``factor`` times per axis: every bank of every level repeated.
+
+    Every level's block grid must be a whole number of blocks, so that the tiled model is a valid
+    model of the tiled image up to the seams, and costs the same per pixel.
+    """
     layout = model.layout
     spatial_axes = [a for a in range(len(layout.shape)) if a != layout.channel_axis]
     shape = list(layout.shape)
@@ -55,36 +86,11 @@ def tiled(model: nm.MinerModel, factor: int) -> nm.MinerModel:
         shape[a] *= factor
     levels = []
     for level in model.levels:
-        grid = level.grid
-        if any(s % grid.block_size for s in grid.shape):
+        if any(s % level.grid.block_size for s in level.grid.shape):
             raise SystemExit("tiling needs every level to be a whole number of blocks")
-        g = grid.grid_shape
-        big = BlockGrid(tuple(s * factor for s in grid.shape), grid.block_size)
-        if not isinstance(level, LevelParams):  # a stored level: its MLPs, in memory
-            every = torch.arange(grid.n_blocks)
-            present, weights, biases = level.gather(every)
-            level = LevelParams(grid, every[present], weights, biases)
-        coords = np.unravel_index(level.block_ids.numpy(), g)
-        ids, rows = [], []
-        for ty in range(factor):
-            for tx in range(factor):
-                flat = np.ravel_multi_index(
-                    (coords[0] + ty * g[0], coords[1] + tx * g[1]), big.grid_shape
-                )
-                ids.append(flat)
-                rows.append(np.arange(len(flat)))
-        ids_all = np.concatenate(ids)
-        rows_all = np.concatenate(rows)
-        order = np.argsort(ids_all)
-        take = torch.from_numpy(rows_all[order])
-        levels.append(
-            LevelParams(
-                big,
-                torch.from_numpy(ids_all[order]),
-                [w[take] for w in level.weights],
-                [b[take] for b in level.biases],
-            )
-        )
+        main = _tiled_bank(level, factor)
+        main.extra = tuple(_tiled_bank(bank, factor) for bank in level.extra)
+        levels.append(main)
     big_layout = InputLayout(
         tuple(shape),
         layout.dtype,

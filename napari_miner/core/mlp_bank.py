@@ -193,3 +193,75 @@ def unpack_bank(params: torch.Tensor, sizes: list[tuple[int, int]]) -> tuple[Par
 def count_parameters(weights: Params, biases: Params) -> int:
     """Number of stored scalars (weights and biases) in a bank."""
     return sum(t.numel() for t in weights) + sum(t.numel() for t in biases)
+
+
+def _first_layer(
+    weight: torch.Tensor, bias: torch.Tensor, axis: torch.Tensor, out: torch.Tensor
+) -> torch.Tensor:
+    """``sin`` of the first layer over a block's pixel grid, by the angle-addition identity.
+
+    The pre-activation is ``P + Q``: ``P`` sums the bias and every axis but the last (one value
+    per line of the block), ``Q`` the last axis (one value per position along a line). So
+    ``sin(P + Q) = sin P cos Q + cos P sin Q`` takes ``b**(d-1) + b`` sines per feature instead
+    of ``b**d``, and two multiply-adds per pixel. Written into ``out`` (``(k, width, b**d)``).
+    """
+    k, width, ndim = weight.shape
+    lines = bias.reshape(k, width, *([1] * (ndim - 1)))
+    for a in range(ndim - 1):
+        shape = [1] * (ndim - 1)
+        shape[a] = -1
+        lines = lines + weight[:, :, a].reshape(k, width, *([1] * (ndim - 1))) * axis.reshape(shape)
+    lines = lines.reshape(k, width, -1, 1)
+    along = (weight[:, :, ndim - 1 :] * axis).unsqueeze(2)  # (k, width, 1, b)
+    grid = out.view(k, width, lines.shape[2], axis.numel())
+    torch.mul(lines.sin(), along.cos(), out=grid)
+    grid.addcmul_(lines.cos_(), along.sin_())
+    return out
+
+
+def bank_decode(
+    weights: Params, biases: Params, block_size: int, ndim: int, chunk: int | None = None
+) -> torch.Tensor:
+    """Every block's MLP over all of its pixels: :func:`bank_forward` at the block's pixel grid.
+
+    The fast path of decoding: the first layer by :func:`_first_layer`, sines in place, two
+    activation buffers reused from chunk to chunk (no allocation per layer), and chunks of
+    blocks small enough for their activations to stay in a CPU's cache. Equal to
+    :func:`bank_forward` to float32 rounding.
+
+    Parameters
+    ----------
+    weights, biases : list of torch.Tensor
+        The bank (``in_dim == ndim``).
+    block_size, ndim : int
+        The blocks' side and number of axes (the pixels of
+        :func:`~napari_miner.core.blocks.local_coordinates`).
+    chunk : int, optional
+        Blocks per chunk (default: about 32k pixels' worth on a CPU, all of them on a GPU).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(n_blocks, out_dim, block_size**ndim)``.
+    """
+    n = weights[0].shape[0]
+    device = weights[0].device
+    pixels = block_size**ndim
+    if chunk is None:
+        chunk = n if device.type != "cpu" else max(1, 2**15 // pixels)
+    chunk = max(1, min(chunk, n))
+    axis = (torch.arange(block_size, dtype=torch.float32, device=device) * 2 + 1) / block_size - 1
+    out = torch.empty((n, weights[-1].shape[1], pixels), device=device)
+    width = weights[0].shape[1]
+    buffers = [torch.empty((chunk, width, pixels), device=device) for _ in range(2)]
+    with torch.no_grad():
+        for start in range(0, n, chunk):
+            part = slice(start, start + chunk)
+            k = weights[0][part].shape[0]
+            h, spare = (buf[:k] for buf in buffers)
+            _first_layer(weights[0][part], biases[0][part], axis, h)
+            for w, b in zip(weights[1:-1], biases[1:-1], strict=True):
+                torch.baddbmm(b[part], w[part], h, out=spare).sin_()
+                h, spare = spare, h
+            torch.baddbmm(biases[-1][part], weights[-1][part], h, out=out[part])
+    return out

@@ -9,12 +9,13 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from .blocks import BlockGrid, array_from_blocks, local_coordinates
+from .blocks import BlockGrid
 from .config import MinerConfig
+from .decoding import TiledDecoder
 from .errors import InvalidInputError
 from .layout import InputLayout
-from .mlp_bank import bank_forward_chunked, count_parameters
-from .pyramid import level_shapes, upsampled_region
+from .mlp_bank import count_parameters
+from .pyramid import level_shapes
 
 
 @runtime_checkable
@@ -176,7 +177,6 @@ class PyramidModel:
             level.to("cpu") if isinstance(level, LevelParams) else level for level in levels
         ]
         self.metadata = dict(metadata or {})
-        self._coords: dict[int, torch.Tensor] = {}
 
     # ----------------------------------------------------------------- description
     @property
@@ -241,7 +241,8 @@ class PyramidModel:
             Pyramid level; 0 is full resolution, level ``j`` has sides ``ceil(shape / 2**j)``.
         region : tuple of slice, optional
             One slice per spatial axis (in level-``j`` pixels, step 1). Only the blocks that
-            intersect the region, and the coarser blocks beneath them, are evaluated.
+            intersect the region are evaluated; the coarser levels beneath it come from cached
+            estimate tiles (:mod:`napari_miner.core.decoding`).
         device : str or torch.device
             Where to evaluate the MLPs.
 
@@ -250,20 +251,43 @@ class PyramidModel:
         numpy.ndarray
             Same dtype, value range and axis order as the input; spatial shape of the region.
         """
-        normalized = self.decode_normalized(level, region, device)
-        return self.layout.denormalize(normalized)
+        level = self._check_level(level)
+        bounds = self._region_bounds(level, region)
+        decoder = TiledDecoder(self, torch.device(device))
+        pieces = list(decoder.pieces(bounds))
+        with torch.no_grad():
+            if len(pieces) == 1:
+                return self.layout.denormalize(decoder.estimate(level, bounds))
+            shape = [hi - lo for lo, hi in bounds]
+            channel_axis = self.layout.channel_axis
+            if channel_axis is not None:
+                shape.insert(channel_axis, self.layout.n_channels)
+            out = np.empty(shape, dtype=self.dtype)
+            for piece in pieces:  # tile by tile: every intermediate stays small
+                index = [
+                    slice(a - lo, b - lo) for (a, b), (lo, _) in zip(piece, bounds, strict=True)
+                ]
+                if channel_axis is not None:
+                    index.insert(channel_axis, slice(None))
+                out[tuple(index)] = self.layout.denormalize(decoder.estimate(level, piece))
+        return out
 
     def decode_normalized(
         self,
         level: int = 0,
         region: Sequence[slice] | None = None,
         device: torch.device | str = "cpu",
+        exact: bool = False,
     ) -> torch.Tensor:
-        """Like :meth:`decode` but returns the normalised ``(C, *spatial)`` float32 tensor."""
+        """Like :meth:`decode` but returns the normalised ``(C, *spatial)`` float32 tensor.
+
+        With ``exact``, the values are those training computed, bit for bit (training's slower
+        kernel; for resuming a fit), otherwise equal to them to float32 rounding.
+        """
         level = self._check_level(level)
         bounds = self._region_bounds(level, region)
         with torch.no_grad():
-            return self._estimate(level, bounds, torch.device(device))
+            return TiledDecoder(self, torch.device(device), exact=exact).estimate(level, bounds)
 
     def _check_level(self, level: int) -> int:
         if not isinstance(level, int | np.integer) or not 0 <= level < self.n_levels:
@@ -291,67 +315,6 @@ class PyramidModel:
                 )
             bounds.append((start, stop))
         return bounds
-
-    def _estimate(
-        self, level: int, bounds: list[tuple[int, int]], device: torch.device
-    ) -> torch.Tensor:
-        return self._coarse(level, bounds, device) + self._residual(level, bounds, device)
-
-    def _coarse(
-        self, level: int, bounds: list[tuple[int, int]], device: torch.device
-    ) -> torch.Tensor:
-        if level == self.n_levels - 1:
-            shape = [hi - lo for lo, hi in bounds]
-            return torch.zeros((self.layout.n_channels, *shape), device=device)
-        return upsampled_region(
-            lambda parent_bounds: self._estimate(level + 1, parent_bounds, device),
-            self.levels[level + 1].grid.shape,
-            bounds,
-        )
-
-    def _residual(
-        self, level: int, bounds: list[tuple[int, int]], device: torch.device
-    ) -> torch.Tensor:
-        main = self.levels[level]
-        residual = self._bank_residual(main, bounds, device)
-        for bank in main.extra:
-            residual += self._bank_residual(bank, bounds, device)
-        return residual
-
-    def _block_coordinates(self, block_size: int) -> torch.Tensor:
-        coords = self._coords.get(block_size)
-        if coords is None:
-            ndim = len(self.layout.spatial_shape)
-            coords = self._coords[block_size] = local_coordinates(block_size, ndim)
-        return coords
-
-    def _bank_residual(
-        self, params: LevelBank, bounds: list[tuple[int, int]], device: torch.device
-    ) -> torch.Tensor:
-        grid = params.grid
-        b = grid.block_size
-        ranges = grid.block_range([slice(lo, hi) for lo, hi in bounds])
-        sub_grid = [hi - lo for lo, hi in ranges]
-        axes = [torch.arange(lo, hi) for lo, hi in ranges]
-        mesh = torch.meshgrid(*axes, indexing="ij")
-        flat = torch.zeros_like(mesh[0])
-        for axis, m in enumerate(mesh):
-            flat = flat * grid.grid_shape[axis] + m
-        present, weights, biases = params.gather(flat.reshape(-1))
-        n_channels = self.layout.n_channels
-        values = torch.zeros((present.numel(), n_channels, grid.block_pixels), device=device)
-        if bool(present.any()):
-            values[present.to(device)] = bank_forward_chunked(
-                [w.to(device) for w in weights],
-                [bias.to(device) for bias in biases],
-                self._block_coordinates(b).to(device),
-            )
-        array = array_from_blocks(values, sub_grid, b)
-        crop = tuple(
-            slice(lo - r0 * b, hi - r0 * b)
-            for (lo, hi), (r0, _) in zip(bounds, ranges, strict=True)
-        )
-        return array[(slice(None),) + crop]
 
 
 def empty_bank(grid: BlockGrid, sizes: list[tuple[int, int]]) -> LevelParams:

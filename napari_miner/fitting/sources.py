@@ -188,7 +188,7 @@ class ZarrTargets:
             for index in sorted(done.get(level, ())):
                 decoded = decoded or model()
                 region = tile_pixel_region(grid, self.tile_blocks[level], index)
-                values = decoded.decode_normalized(level, region)
+                values = decoded.decode_normalized(level, region, exact=True)
                 self.write_estimate(level, region, values)
 
     def target(self, level: int, region: Region, device: torch.device) -> torch.Tensor:

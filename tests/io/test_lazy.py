@@ -251,7 +251,8 @@ def test_fingerprint_is_cached_but_follows_in_place_changes(models, monkeypatch)
     hashed = []
     blake2b = __import__("hashlib").blake2b
     monkeypatch.setattr(
-        "napari_miner.io.lazy.hashlib.blake2b", lambda **kw: hashed.append(1) or blake2b(**kw)
+        "napari_miner.core.fingerprint.hashlib.blake2b",
+        lambda **kw: hashed.append(1) or blake2b(**kw),
     )
     assert model_fingerprint(copy) == first
     assert hashed == []  # cached

@@ -1,0 +1,199 @@
+"""Decoding a level of a fitted model, or a region of it, tile by tile with cached coarser levels.
+
+Level ``j``'s estimate is the ×2 upsampled estimate of level ``j + 1`` plus the residual that
+level ``j``'s MLPs give (the coarsest level: its MLPs alone). :class:`TiledDecoder` evaluates a
+region of the requested level in tiles of whole blocks (so that every intermediate stays in cache
+and each block is evaluated once), and reads what it needs of the coarser levels from their
+**estimate tiles**: block-aligned tiles of a fixed side that are computed once and kept in a
+bounded :class:`~napari_miner.core.estimate_cache.EstimateCache` keyed by the model's fingerprint.
+Neighbouring regions (the chunks of a lazily decoded pyramid) thus share their coarser levels
+instead of each recomputing them with a halo, and a region costs what its pixels cost.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+from .blocks import array_from_blocks, local_coordinates
+from .estimate_cache import EstimateCache, shared_cache
+from .fingerprint import model_fingerprint
+from .mlp_bank import bank_decode, bank_forward_chunked
+from .pyramid import upsampled_region
+
+if TYPE_CHECKING:
+    from .model import LevelBank, PyramidModel
+
+__all__ = ["Bounds", "TiledDecoder", "add_residual", "split_bounds", "tile_side"]
+
+Bounds = list[tuple[int, int]]
+"""Half-open pixel range per spatial axis."""
+
+TILE_SIDE = {2: 256, 3: 64}
+"""Approximate side, in pixels, of the tiles a level is decoded and cached in, per dimensionality."""
+
+
+def tile_side(block_size: int, ndim: int) -> int:
+    """Side of a decoding tile: whole blocks, about :data:`TILE_SIDE` pixels."""
+    return block_size * max(1, TILE_SIDE.get(ndim, 64) // block_size)
+
+
+def add_residual(
+    out: torch.Tensor | None,
+    bank: LevelBank,
+    bounds: Bounds,
+    n_channels: int,
+    device: torch.device,
+    exact: bool = False,
+) -> torch.Tensor | None:
+    """Add what one bank's MLPs give over ``bounds`` to ``out`` (``(C, *region)``).
+
+    Returns ``out`` (a new tensor if ``out`` is ``None`` and the bank has MLPs there). With
+    ``exact``, the MLPs are evaluated by training's kernel (:func:`bank_forward_chunked`), whose
+    values training's estimates hold bit for bit; otherwise by the faster :func:`bank_decode`,
+    equal to float32 rounding.
+    """
+    grid = bank.grid
+    b = grid.block_size
+    ranges = grid.block_range([slice(lo, hi) for lo, hi in bounds])
+    sub_grid = [hi - lo for lo, hi in ranges]
+    flat = torch.zeros((), dtype=torch.long)
+    for axis, (lo, hi) in enumerate(ranges):
+        flat = flat.unsqueeze(-1) * grid.grid_shape[axis] + torch.arange(lo, hi)
+    present, weights, biases = bank.gather(flat.reshape(-1))
+    n_present = int(present.sum())
+    if n_present == 0:
+        return out
+    weights = [w.to(device) for w in weights]
+    biases = [x.to(device) for x in biases]
+    if exact:
+        coords = local_coordinates(b, grid.ndim, device)
+        evaluated = bank_forward_chunked(weights, biases, coords)
+    else:
+        evaluated = bank_decode(weights, biases, b, grid.ndim)
+    if n_present == present.numel():
+        values = evaluated
+    else:
+        values = torch.zeros((present.numel(), n_channels, b**grid.ndim), device=device)
+        values[present.to(device)] = evaluated
+    aligned = all(
+        lo == r0 * b and hi == r1 * b for (lo, hi), (r0, r1) in zip(bounds, ranges, strict=True)
+    )
+    if out is not None and aligned and out.is_contiguous():
+        # add the blocks where they lie, without assembling the bank's image first
+        ndim = grid.ndim
+        blocks = values.view(*sub_grid, n_channels, *([b] * ndim))
+        order = [ndim] + [i for axis in range(ndim) for i in (axis, ndim + 1 + axis)]
+        split = [n_channels] + [v for g in sub_grid for v in (g, b)]
+        out.view(split).add_(blocks.permute(order))
+        return out
+    array = array_from_blocks(values, sub_grid, b)
+    crop = tuple(
+        slice(lo - r0 * b, hi - r0 * b) for (lo, hi), (r0, _) in zip(bounds, ranges, strict=True)
+    )
+    residual = array[(slice(None),) + crop]
+    return residual if out is None else out.add_(residual)
+
+
+def split_bounds(bounds: Bounds, side: int) -> Iterator[Bounds]:
+    """``bounds`` cut along the tile grid of ``side`` (in C order of the pieces)."""
+    per_axis = []
+    for lo, hi in bounds:
+        cuts = [lo] + list(range((lo // side + 1) * side, hi, side)) + [hi]
+        per_axis.append(list(itertools.pairwise(cuts)))
+    for piece in itertools.product(*per_axis):
+        yield list(piece)
+
+
+class TiledDecoder:
+    """Normalised estimates of any region of any level of ``model``.
+
+    Parameters
+    ----------
+    model : PyramidModel
+        The model to decode.
+    device : torch.device
+        Where to evaluate the MLPs and keep the cached tiles.
+    cache : EstimateCache, optional
+        Where coarser levels' estimate tiles are kept (default: the process-wide cache).
+    exact : bool
+        Evaluate with training's kernel: the estimates training held, bit for bit (slower).
+    """
+
+    def __init__(
+        self,
+        model: PyramidModel,
+        device: torch.device,
+        cache: EstimateCache | None = None,
+        exact: bool = False,
+    ) -> None:
+        self.model = model
+        self.device = device
+        self.exact = exact
+        self.cache = cache if cache is not None else shared_cache()
+        self.n_channels = model.layout.n_channels
+        self.ndim = len(model.layout.spatial_shape)
+        self.side = tile_side(model.config.block_size, self.ndim)
+        self.fingerprint = model_fingerprint(model)
+
+    def pieces(self, bounds: Bounds) -> Iterator[Bounds]:
+        """``bounds`` cut into the decoder's tiles (what :meth:`estimate` is best called with)."""
+        return split_bounds(bounds, self.side)
+
+    def estimate(self, level: int, bounds: Bounds) -> torch.Tensor:
+        """The normalised ``(C, *region)`` estimate of ``level`` over ``bounds`` (a new tensor).
+
+        The coarser estimate first, then each bank's residual in turn: the order in which
+        training sums them (:class:`~napari_miner.core.training.LevelTraining`).
+        """
+        out = None
+        if level < self.model.n_levels - 1:
+            parent_shape = self.model.levels[level + 1].grid.shape
+            read = functools.partial(self.cached, level + 1)
+            out = upsampled_region(read, parent_shape, bounds).contiguous()
+        main = self.model.levels[level]
+        for bank in (main, *main.extra):
+            out = add_residual(out, bank, bounds, self.n_channels, self.device, self.exact)
+        if out is None:
+            shape = (self.n_channels, *(hi - lo for lo, hi in bounds))
+            return torch.zeros(shape, device=self.device)
+        return out
+
+    def cached(self, level: int, bounds: Bounds) -> torch.Tensor:
+        """The estimate of ``level`` over ``bounds``, assembled from its cached tiles."""
+        side = self.side
+        shape = self.model.levels[level].grid.shape
+        tiles = [range(lo // side, (hi - 1) // side + 1) for lo, hi in bounds]
+        if math.prod(len(t) for t in tiles) == 1:
+            index = tuple(t[0] for t in tiles)
+            tile = self._tile(level, index, shape)
+            return tile[(slice(None),) + self._local(bounds, index)]
+        out = torch.empty((self.n_channels, *(hi - lo for lo, hi in bounds)), device=self.device)
+        for index in itertools.product(*tiles):
+            tile = self._tile(level, index, shape)
+            part = [
+                (max(lo, i * side), min(hi, (i + 1) * side))
+                for (lo, hi), i in zip(bounds, index, strict=True)
+            ]
+            target = tuple(
+                slice(a - lo, b - lo) for (a, b), (lo, _) in zip(part, bounds, strict=True)
+            )
+            out[(slice(None),) + target] = tile[(slice(None),) + self._local(part, index)]
+        return out
+
+    def _local(self, bounds: Bounds, index: tuple[int, ...]) -> tuple[slice, ...]:
+        side = self.side
+        return tuple(
+            slice(lo - i * side, hi - i * side) for (lo, hi), i in zip(bounds, index, strict=True)
+        )
+
+    def _tile(self, level: int, index: tuple[int, ...], shape: Sequence[int]) -> torch.Tensor:
+        side = self.side
+        bounds = [(i * side, min((i + 1) * side, s)) for i, s in zip(index, shape, strict=True)]
+        key = (self.fingerprint, str(self.device), self.exact, level, index)
+        return self.cache.get(key, lambda: self.estimate(level, bounds).contiguous())
