@@ -11,6 +11,17 @@ TINY = MinerConfig(n_levels=3, block_size=8, max_steps=30)
 """A config small enough for tests: 3 levels, 8x8 blocks, at most 30 steps per level."""
 
 
+@pytest.fixture(autouse=True)
+def napari_settings(monkeypatch):
+    """napari's settings, fresh and never saved: plugin activation writes a reader preference."""
+    import napari.settings
+    from napari.settings import NapariSettings
+
+    settings = NapariSettings(config_path=None)
+    monkeypatch.setattr(napari.settings, "_SETTINGS", settings)
+    return settings
+
+
 @pytest.fixture(scope="session")
 def fitted_models() -> dict[str, tuple[np.ndarray, MinerModel]]:
     """``{name: (image, model)}`` for small gray, RGB, constant and cameraman images.

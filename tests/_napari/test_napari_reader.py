@@ -1,6 +1,9 @@
-"""The ``*.miner.zarr`` reader: path matching, layer data, npe2 discovery and a real viewer."""
+"""The ``*.miner.zarr`` reader: path matching, layer data, npe2 discovery, the reader preference
+and a real viewer."""
 
 from __future__ import annotations
+
+import os
 
 import npe2
 import numpy as np
@@ -10,7 +13,13 @@ from skimage.transform import resize
 
 import napari_miner
 from napari_miner import MinerConfig, ModelFormatError, fit
-from napari_miner._napari.reader import get_reader, read_models
+from napari_miner._napari import reader as reader_module
+from napari_miner._napari.reader import (
+    READER_PATTERN,
+    get_reader,
+    read_models,
+    register_reader_preference,
+)
 from napari_miner.core.overlay import active_block_labels
 
 PLUGIN = "napari-miner"
@@ -72,7 +81,7 @@ def test_get_reader_accepts_path_objects(stores):
 # ----------------------------------------------------------------------------- layer data
 def test_gray_layer_data(stores):
     path, model = stores["gray"]
-    (image, image_kwargs, image_type), (labels, labels_kwargs, labels_type) = get_reader(str(path))(
+    (labels, labels_kwargs, labels_type), (image, image_kwargs, image_type) = get_reader(str(path))(
         str(path)
     )
     assert image_type == "image" and labels_type == "labels"
@@ -93,12 +102,13 @@ def test_gray_layer_data(stores):
     assert labels_kwargs["scale"] == scale == (8.0, 8.0)
     assert labels_kwargs["translate"] == translate == (3.5, 3.5)
     assert 0 < labels_kwargs["opacity"] < 1
+    assert labels_kwargs["visible"] is False  # shown on demand: it tints the image
     assert labels.max() >= 1 and set(np.unique(labels)) <= {0, 1, 2, 3}
 
 
 def test_rgb_layer_data(stores):
     path, model = stores["rgb"]
-    (image, kwargs, _), _ = read_models(path)
+    _, (image, kwargs, _) = read_models(path)
     assert kwargs["rgb"] is True and "channel_axis" not in kwargs
     assert kwargs["contrast_limits"] == list(model.value_range)
     assert image[0].shape == model.shape and image[0].dtype == np.uint8
@@ -106,14 +116,14 @@ def test_rgb_layer_data(stores):
 
 def test_constant_model_gets_a_non_empty_contrast_range(stores):
     path, _ = stores["flat"]
-    (_, kwargs, _), _ = read_models(path)
+    _, (_, kwargs, _) = read_models(path)
     lo, hi = kwargs["contrast_limits"]
     assert lo == 7 and hi > lo
 
 
 def test_channel_axis_model_is_split_into_channels(stores):
     path, model = stores["channels"]
-    (image, kwargs, _), (labels, labels_kwargs, _) = read_models(path)
+    (labels, labels_kwargs, _), (image, kwargs, _) = read_models(path)
     assert kwargs["channel_axis"] == 0 and kwargs["rgb"] is False
     assert kwargs["name"] == "two channels · MINER"
     assert image[0].shape == (2, 30, 41)
@@ -125,10 +135,18 @@ def test_several_paths_give_layers_for_each(stores):
     paths = [str(stores["gray"][0]), str(stores["rgb"][0])]
     layers = get_reader(paths)(paths)
     assert [kwargs["name"] for _, kwargs, _ in layers] == [
-        "gray · MINER",
         "gray · MINER active blocks",
-        "rgb · MINER",
+        "gray · MINER",
         "rgb · MINER active blocks",
+        "rgb · MINER",
+    ]
+    # every layer says which store it shows
+    roles = [kwargs["metadata"]["napari_miner"] for _, kwargs, _ in layers]
+    assert [(os.path.basename(r["path"]), r["role"]) for r in roles] == [
+        ("gray.miner.zarr", "overlay"),
+        ("gray.miner.zarr", "image"),
+        ("rgb.miner.zarr", "overlay"),
+        ("rgb.miner.zarr", "image"),
     ]
 
 
@@ -177,14 +195,81 @@ def test_npe2_reads_a_store_through_the_manifest(stores, tmp_path):
     assert read is not None
     layers = read([str(path)], stack=False)
     assert [(kwargs["name"], kind) for _, kwargs, kind in layers] == [
-        ("gray · MINER", "image"),
         ("gray · MINER active blocks", "labels"),
+        ("gray · MINER", "image"),
     ]
     # a plain zarr directory is offered to every directory reader; ours declines it
     plain = tmp_path / "plain.zarr"
     plain.mkdir()
     reader = _our_reader(pm, str(plain))
     assert reader.exec(kwargs={"path": [str(plain)], "stack": False}, _registry=pm.commands) is None
+
+
+# -------------------------------------------------------------------------- reader preference
+def _preferred(path) -> str | None:
+    from napari.plugins.utils import get_preferred_reader
+
+    return get_preferred_reader(str(path))
+
+
+def test_reader_preference_is_added_once(napari_settings, stores, tmp_path):
+    plain = tmp_path / "plain.zarr"
+    plain.mkdir()
+    path, _ = stores["gray"]
+    assert _preferred(path) is None
+    assert register_reader_preference() is True
+    assert napari_settings.plugins.extension2reader == {READER_PATTERN: PLUGIN}
+    assert register_reader_preference() is False
+    assert napari_settings.plugins.extension2reader == {READER_PATTERN: PLUGIN}
+    # napari matches folders as "realpath/": the pattern picks every store, and stores only
+    assert _preferred(path) == PLUGIN
+    assert _preferred(stores["channels"][0]) == PLUGIN  # a name with a space
+    assert _preferred(plain) is None
+
+
+@pytest.mark.parametrize(
+    "users",
+    [
+        {READER_PATTERN: "napari"},  # the same pattern, another reader
+        {"*.miner.zarr": "napari-ome-zarr"},  # what *Preferences* makes of ".miner.zarr"
+        {"*.zarr/": "napari-ome-zarr"},  # every zarr folder
+        {"*": "napari"},
+    ],
+)
+def test_reader_preference_keeps_the_users_choice(napari_settings, users):
+    napari_settings.plugins.extension2reader = {"*.tif": "napari", **users}
+    assert register_reader_preference() is False
+    assert napari_settings.plugins.extension2reader == {"*.tif": "napari", **users}
+
+
+def test_reader_preference_joins_compatible_preferences(napari_settings, stores):
+    path, _ = stores["gray"]
+    other, _ = stores["rgb"]
+    this_folder = os.path.realpath(path) + os.sep  # what napari's reader dialog remembers
+    users = {"*.miner.zarr": PLUGIN, this_folder: "napari"}
+    napari_settings.plugins.extension2reader = users
+    assert register_reader_preference() is True
+    assert napari_settings.plugins.extension2reader == {**users, READER_PATTERN: PLUGIN}
+    assert _preferred(path) == "napari"  # napari ranks a folder above any pattern
+    assert _preferred(other) == PLUGIN
+
+
+def test_activating_the_plugin_adds_the_reader_preference(napari_settings):
+    manifest = npe2.PluginManifest.from_distribution(PLUGIN)
+    assert manifest.on_activate == "napari_miner._napari.reader:on_activate"
+    pm = npe2.PluginManager()
+    pm.discover()
+    pm.activate(PLUGIN)
+    assert napari_settings.plugins.extension2reader == {READER_PATTERN: PLUGIN}
+
+
+def test_activation_survives_unwritable_settings(monkeypatch, caplog):
+    def fail(settings=None):
+        raise PermissionError("settings.yaml is read-only")
+
+    monkeypatch.setattr(reader_module, "register_reader_preference", fail)
+    reader_module.on_activate(None)
+    assert "settings.yaml is read-only" in caplog.text
 
 
 # ---------------------------------------------------------------------------- real viewer
@@ -240,13 +325,13 @@ def test_viewer_opens_a_store_and_shows_full_resolution_tiles(
 
     layers = viewer.open(str(path), plugin=PLUGIN)
     assert [layer.name for layer in layers] == [
-        "camera · MINER",
         "camera · MINER active blocks",
+        "camera · MINER",
     ]
-    image, overlay = layers
+    overlay, image = layers
     assert image.multiscale and len(image.data) == model.n_levels
     assert tuple(overlay.scale) == (16.0, 16.0) and tuple(overlay.translate) == (7.5, 7.5)
-    overlay.visible = False
+    assert not overlay.visible
 
     # the whole image on screen: napari shows a coarse level
     viewer.reset_view()
@@ -282,3 +367,90 @@ def test_viewer_opens_a_store_and_shows_full_resolution_tiles(
         for dx in (-1, 0, 1)
     )
     assert best < 4.0, best
+
+
+def _no_reader_dialog(monkeypatch):
+    """Fail instead of opening napari's modal "choose reader" dialog (it would block the test)."""
+    import napari._qt.qt_viewer
+
+    def dialog(*args, **kwargs):
+        raise AssertionError("napari asked which reader to use")
+
+    monkeypatch.setattr(napari._qt.qt_viewer, "handle_gui_reading", dialog)
+
+
+@pytest.mark.viewer
+def test_dropped_store_opens_with_the_image_selected(make_napari_viewer, stores, monkeypatch):
+    from napari.components.viewer_model import MultipleReaderError
+    from qtpy.QtCore import QUrl
+
+    viewer = make_napari_viewer()
+    path, model = stores["gray"]
+    # napari's own rule: three readers match a store, and without a preference it asks
+    with pytest.raises(MultipleReaderError):
+        viewer.open(str(path), plugin=None)
+    assert len(viewer.layers) == 0
+
+    reader_module.on_activate(None)  # what npe2 calls the first time napari uses the plugin
+    _no_reader_dialog(monkeypatch)
+    # what dropping the folder on the canvas does
+    viewer.window._qt_viewer._open_from_list_of_urls_data(
+        [QUrl.fromLocalFile(str(path))], stack=False, choose_plugin=False
+    )
+    assert [layer.name for layer in viewer.layers] == ["gray · MINER", "gray · MINER active blocks"]
+    image, overlay = viewer.layers
+    assert viewer.layers.selection.active is image and set(viewer.layers.selection) == {image}
+    assert image.multiscale and image.visible and image.source.reader_plugin == PLUGIN
+    assert not overlay.visible and overlay.opacity == pytest.approx(0.4)
+    assert viewer.layers.index(overlay) == viewer.layers.index(image) + 1  # above, when shown
+    np.testing.assert_allclose(np.asarray(image.data[1]), model.decode(1), atol=1e-5)
+
+    # File > Open and `napari x.miner.zarr` go through the same path: plugin=None
+    rgb, _ = stores["rgb"]
+    overlay2, image2 = viewer.open(str(rgb), plugin=None)
+    assert [layer.name for layer in viewer.layers][-2:] == [
+        "rgb · MINER",
+        "rgb · MINER active blocks",
+    ]
+    assert viewer.layers.selection.active is image2 and not overlay2.visible
+
+
+@pytest.mark.viewer
+def test_a_users_reader_preference_wins(make_napari_viewer, stores, napari_settings):
+    from napari.components.viewer_model import ReaderPluginError
+
+    napari_settings.plugins.extension2reader = {READER_PATTERN: "napari"}
+    reader_module.on_activate(None)
+    assert napari_settings.plugins.extension2reader == {READER_PATTERN: "napari"}
+    viewer = make_napari_viewer()
+    path, _ = stores["gray"]
+    with pytest.raises(ReaderPluginError, match="Tried opening with napari"):
+        viewer.open(str(path), plugin=None)  # napari's own reader, as the user asked
+
+
+@pytest.mark.viewer
+def test_plain_zarr_still_opens_with_naparis_reader(make_napari_viewer, tmp_path):
+    import zarr
+
+    register_reader_preference()
+    plain = tmp_path / "plain.zarr"
+    array = zarr.create_array(plain, shape=(20, 30), chunks=(10, 10), dtype="uint8")
+    values = np.arange(600, dtype=np.uint8).reshape(20, 30)
+    array[:] = values
+    assert _preferred(plain) is None
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(plain))
+    assert layer.source.reader_plugin == "napari"
+    np.testing.assert_array_equal(np.asarray(layer.data), values)
+
+
+@pytest.mark.viewer
+def test_channel_store_keeps_its_overlay_above_every_channel(make_napari_viewer, stores):
+    viewer = make_napari_viewer()
+    path, model = stores["channels"]
+    added = viewer.open(str(path), plugin=PLUGIN)
+    assert len(added) == 1 + model.layout.n_channels == 3
+    *channels, overlay = viewer.layers
+    assert overlay.name == "two channels · MINER active blocks" and not overlay.visible
+    assert all(layer.multiscale and layer.visible for layer in channels)
+    assert viewer.layers.selection.active is channels[-1]
