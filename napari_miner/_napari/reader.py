@@ -64,6 +64,10 @@ PLUGIN_NAME = "napari-miner"
 READER_PATTERN = f"*{SUFFIX}/"
 """The reader preference this plugin adds: any folder whose name ends in ``.miner.zarr``."""
 
+REFRESHER_KEY = "napari_miner_refresher"
+"""Key of the image layer's :class:`~napari_miner._napari.progressive_layer.LayerRefresher` in its
+``metadata`` (progressive pyramids only)."""
+
 METADATA_KEY = "napari_miner"
 """Key of the reader's entry in its layers' ``metadata``: ``{"path", "role", "read_id"}``."""
 
@@ -183,8 +187,10 @@ def read_models(
         model = load(p)
         overlay, image = model_layer_data(model, stem(p))
         for (_, kwargs, _), role in ((overlay, "overlay"), (image, "image")):
-            kwargs["metadata"] = {
-                METADATA_KEY: {"path": os.fspath(p), "role": role, "read_id": read_id}
+            kwargs.setdefault("metadata", {})[METADATA_KEY] = {
+                "path": os.fspath(p),
+                "role": role,
+                "read_id": read_id,
             }
         models.append((overlay[1]["metadata"], image[1]["metadata"], model))
         layers += [overlay, image]
@@ -233,9 +239,16 @@ def model_layer_data(model: Any, name: str) -> list[LayerData]:
         "opacity": 0.4,
         "visible": False,
     }
+    from napari_miner._napari.progressive_layer import progressive_pyramid, supports_progressive
+
+    pyramid: Any = model.as_pyramid()
+    if supports_progressive(model):  # tiles decoded off the main thread, visible ones first
+        progressive, refresher = progressive_pyramid(model)
+        pyramid = progressive.levels
+        image_kwargs["metadata"] = {REFRESHER_KEY: refresher}
     return [
         (labels, labels_kwargs, "labels"),
-        (model.as_pyramid(), image_kwargs, "image"),
+        (pyramid, image_kwargs, "image"),
     ]
 
 
@@ -290,6 +303,9 @@ def _arrange(
                 if overlay is not None and layers.index(overlay) < layers.index(image):
                     layers.move(layers.index(overlay), layers.index(image) + 1)
                 _attach_if_volume(viewer, image, model)
+            refresher = event.value.metadata.get(REFRESHER_KEY)
+            if refresher is not None:
+                refresher.add_layer(event.value)
         if all(entry[3] <= 0 for entry in waiting):
             disconnect()
 

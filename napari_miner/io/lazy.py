@@ -13,8 +13,9 @@ would otherwise show stale tiles), and the same model always gives the same name
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,19 +29,41 @@ if TYPE_CHECKING:
 
     from napari_miner.core.model import PyramidModel
 
-__all__ = ["dask_pyramid", "model_fingerprint"]
+__all__ = ["LevelArray", "dask_pyramid", "model_fingerprint", "overview_shapes"]
 
 
-class _LevelArray:
-    """Array-like view of one model level: indexing decodes just the indexed region."""
+class LevelArray:
+    """Array-like view of one level: indexing reads just the indexed region.
 
-    def __init__(self, model: PyramidModel, level: int) -> None:
-        self.model = model
-        self.level = level
-        self.shape = tuple(model.decoded_shape(level))
-        self.dtype = model.dtype
+    Parameters
+    ----------
+    shape : tuple of int
+        Array shape (spatial axes and, at ``channel_axis``, the channels).
+    dtype : numpy.dtype
+        Dtype of the values.
+    channel_axis : int or None
+        The channel axis, always read whole.
+    read : callable
+        ``read(region)`` returns the values over ``region`` (one slice per spatial axis).
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        channel_axis: int | None,
+        read: Callable[[tuple[slice, ...]], np.ndarray],
+    ) -> None:
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
         self.ndim = len(self.shape)
-        self.channel_axis = model.layout.channel_axis
+        self.size = math.prod(self.shape)
+        self.channel_axis = channel_axis
+        self._read = read
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        values = self[...]
+        return values if dtype is None else values.astype(dtype, copy=False)
 
     def __getitem__(self, key: Any) -> np.ndarray:
         if not isinstance(key, tuple):
@@ -74,7 +97,7 @@ class _LevelArray:
                 local.append(slice(start - lo, rel_stop if rel_stop >= 0 else None, step))
             else:
                 local.append(0)
-        decoded = self.model.decode(self.level, region=tuple(region))
+        decoded = self._read(tuple(region))
         return decoded[tuple(local)]
 
     def _result_shape(self, key: tuple) -> tuple[int, ...]:
@@ -147,7 +170,10 @@ def dask_pyramid(
 
     levels: list[da.Array] = []
     for j in range(model.n_levels):
-        source = _LevelArray(model, j)
+        source = LevelArray(
+            model.decoded_shape(j), dtype, model.layout.channel_axis,
+            functools.partial(model.decode, j),
+        )  # fmt: skip
         chunks = list(source.shape)  # the channel axis in one chunk
         for axis, side in zip(spatial_axes, sides, strict=True):
             chunks[axis] = side
@@ -186,3 +212,17 @@ def dask_pyramid(
             )
         )
     return levels
+
+
+def overview_shapes(shape: Sequence[int], min_side: int) -> list[tuple[int, ...]]:
+    """Spatial shapes of the overview levels under ``shape``: halved until a side is ``min_side``.
+
+    The rule of :func:`dask_pyramid`'s appended levels (``ceil(side / 2)`` each time, none if the
+    smallest side of ``shape`` already is at most ``min_side``).
+    """
+    shapes: list[tuple[int, ...]] = []
+    current = tuple(int(s) for s in shape)
+    while min(current) > min_side:
+        current = tuple(math.ceil(s / 2) for s in current)
+        shapes.append(current)
+    return shapes

@@ -16,6 +16,7 @@ from napari_miner import MinerConfig, ModelFormatError, fit
 from napari_miner._napari import reader as reader_module
 from napari_miner._napari.reader import (
     READER_PATTERN,
+    REFRESHER_KEY,
     get_reader,
     read_models,
     register_reader_preference,
@@ -91,10 +92,13 @@ def test_gray_layer_data(stores):
     assert "channel_axis" not in image_kwargs
     assert image_kwargs["contrast_limits"] == list(model.value_range)
     assert [level.shape for level in image] == [model.decoded_shape(j) for j in range(3)]
-    np.testing.assert_allclose(image[0].compute(), model.decode(0), atol=1e-5)
-    # the pyramid is lazy and named from the stored model (same store, same dask keys)
-    again = napari_miner.load(path).as_pyramid()
-    assert [level.name for level in image] == [level.name for level in again]
+    # tiles are decoded in the background: zeros (or the coarser level) first, then the values
+    pyramid = image_kwargs["metadata"][REFRESHER_KEY].pyramid
+    np.asarray(image[0])
+    assert pyramid.wait_until_idle(60)
+    np.testing.assert_allclose(np.asarray(image[0]), model.decode(0), atol=1e-5)
+    assert pyramid.last_complete
+    pyramid.close()
 
     expected, scale, translate = active_block_labels(model)
     assert labels_kwargs["name"] == "gray · MINER active blocks"
@@ -301,6 +305,13 @@ def _settled_screenshot(viewer, qtbot, layer, level: int):
     """Screenshot once the layer shows ``level`` and two consecutive frames agree."""
     qtbot.waitUntil(lambda: viewer.screenshot(canvas_only=True, flash=False) is not None)
     qtbot.waitUntil(lambda: layer.data_level == level, timeout=10_000)
+    refresher = layer.metadata.get(REFRESHER_KEY)
+    if refresher is not None:  # tiles decoded in the background: wait for the last of them
+        pyramid = refresher.pyramid
+        qtbot.waitUntil(
+            lambda: pyramid.last_complete and not pyramid.pending() and not refresher.queued,
+            timeout=30_000,
+        )
     previous = viewer.screenshot(canvas_only=True, flash=False)
     for _ in range(20):
         qtbot.wait(50)
@@ -344,6 +355,9 @@ def test_viewer_opens_a_store_and_shows_full_resolution_tiles(
     shot = _settled_screenshot(viewer, qtbot, image, level=0)
     png = path.parent / "zoomed.png"
     imsave(png, shot, check_contrast=False)
+    # the tiles were decoded off the main thread and the layer redrawn when they were ready
+    refresher = image.metadata[REFRESHER_KEY]
+    assert refresher.refreshes > 0 and refresher.pyramid.last_complete
     # napari loaded only the chunks around the view, not all of level 0
     corners = np.asarray(image.corner_pixels)
     assert np.all(corners[1] - corners[0] < 1023), corners
