@@ -1,20 +1,24 @@
-"""Decode throughput of a fitted MINER model: full decodes, region decodes and lazy (dask) tiles.
+"""Decode throughput of a fitted MINER model: full decodes, region decodes and lazy (dask) chunks.
 
-Fits the default :class:`~napari_miner.MinerConfig` to the top-left 1280×1280 crop of scikit-image's
-``retina`` (RGB), or loads a saved model, then reports at level 0:
+Fits the default :class:`~napari_miner.MinerConfig` (``--max-steps`` to shorten it) to an image
+(default: the top-left 1280×1280 crop of scikit-image's ``retina``), or loads a saved model;
+``--tile N`` repeats every bank of every level N×N, a model of the image tiled N×N that costs the
+same per pixel (e.g. the astronaut fitted with ``--max-steps 40`` and tiled 8×8: a 4096² model
+whose blocks are mostly active). With ``--save`` the model is saved and read back, so that chunks
+are read from the store as in the viewer. Then reports at level 0:
 
-- full decode throughput (megapixels/s), directly and through the lazy dask pyramid;
-- region decode latency and throughput for square regions of growing side;
-- the latency of one 1024×1024 tile (median of ``--repeats``);
+- full decode throughput (megapixels/s) with an empty (cold) and a filled (warm) estimate cache,
+  and through the lazy dask pyramid;
+- region decode latency for square regions of growing side, and one dask chunk;
+- per level, the first chunk through ``as_pyramid()`` right after opening the model against
+  ``decode(level, region)`` of the same pixels right after opening it;
 - that a region decode costs what the region costs, not what the image costs: the same 256×256
-  region decoded from the 1280² model and from 2560² and 5120² models built by tiling its block
-  banks 2×2 and 4×4 (every level's block grid is a whole number of blocks, so the tiled model is a
-  valid model of the tiled image up to the seams, and costs the same per pixel).
+  region decoded from the model and from models tiled 2×2 and 4×4.
 
 Usage::
 
-    python benchmarks/decode_throughput.py [--model fit.miner.zarr] [--save fit.miner.zarr]
-        [--device cpu] [--threads N] [--repeats 5]
+    python benchmarks/decode_throughput.py [--image astronaut --max-steps 40 --tile 8]
+        [--model fit.miner.zarr] [--save fit.miner.zarr] [--device cpu] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from _common import load_image
 
 import napari_miner as nm
 from napari_miner.core.blocks import BlockGrid
+from napari_miner.core.estimate_cache import shared_cache
 from napari_miner.core.layout import InputLayout
 from napari_miner.core.model import LevelParams
 
@@ -102,10 +107,40 @@ def tiled(model: nm.MinerModel, factor: int) -> nm.MinerModel:
     return nm.MinerModel(big_layout, model.config, levels)
 
 
+def cold(model_path: str | None, model: nm.MinerModel) -> nm.MinerModel:
+    """A freshly opened model (from its store if saved) with an empty estimate cache."""
+    shared_cache().clear()
+    return nm.load(model_path) if model_path else model
+
+
+def first_chunk_vs_region(path: str | None, model: nm.MinerModel, level: int, repeats: int):
+    """(first-chunk seconds, same-region decode seconds), each right after opening the model."""
+    chunk_times, region_times = [], []
+    for _ in range(repeats):
+        opened = cold(path, model)
+        start = time.perf_counter()
+        lazy = opened.as_pyramid()[level]
+        corner = tuple(min(c[len(c) // 2], s) for c, s in zip(lazy.chunks, lazy.shape, strict=True))
+        index = tuple(len(c) // 2 for c in lazy.chunks)
+        lazy.blocks[index].compute(scheduler="sync")
+        chunk_times.append(time.perf_counter() - start)
+        offsets = [sum(c[:i]) for c, i in zip(lazy.chunks, index, strict=True)]
+        region = [slice(o, o + c) for o, c in zip(offsets, corner, strict=True)]
+        spatial = [a for a in range(lazy.ndim) if a != opened.layout.channel_axis]
+        opened = cold(path, model)
+        start = time.perf_counter()
+        opened.decode(level, region=tuple(region[a] for a in spatial))
+        region_times.append(time.perf_counter() - start)
+    return statistics.median(chunk_times), statistics.median(region_times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="a saved *.miner.zarr to load instead of fitting")
-    parser.add_argument("--save", help="save the fitted model here")
+    parser.add_argument("--image", default="retina", help="image to fit (see _common.IMAGES)")
+    parser.add_argument("--max-steps", type=int, default=None, help="max_steps of the fit")
+    parser.add_argument("--tile", type=int, default=1, help="tile the fitted model N x N")
+    parser.add_argument("--save", help="save the (tiled) model here; chunks are then read from it")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--repeats", type=int, default=5)
@@ -122,25 +157,40 @@ def main() -> None:
         model = nm.load(args.model)
         print(f"loaded {args.model}: {model}")
     else:
+        config = nm.MinerConfig()
+        if args.max_steps:
+            config = config.replace(max_steps=args.max_steps)
         start = time.perf_counter()
-        model = nm.fit(load_image("retina"), nm.MinerConfig(), device=args.device)
-        print(f"fitted retina 1280x1280 RGB in {time.perf_counter() - start:.1f} s: {model}")
-        if args.save:
-            model.save(args.save)
+        model = nm.fit(load_image(args.image), config, device=args.device)
+        print(f"fitted {args.image} in {time.perf_counter() - start:.1f} s: {model}")
+    if args.tile > 1:
+        model = tiled(model, args.tile)
+        print(f"tiled {args.tile}x{args.tile}: {model}")
+    path = args.model if args.tile == 1 else None
+    if args.save:
+        model.save(args.save)
+        path = args.save
+        model = nm.load(path)
     counts = ", ".join(f"{lv.n_mlps}/{lv.grid.n_blocks}" for lv in model.levels)
-    print(f"MLPs per level (active/blocks): {counts}")
+    print(f"MLPs per level (every bank / main blocks): {counts}")
 
     device = args.device
     h, w = model.level_shape(0)
     rows: list[tuple[str, float, float]] = []  # (what, seconds, megapixels)
 
+    def full_cold() -> None:
+        shared_cache().clear()
+        model.decode(0, device=device)
+
+    rows.append((f"full decode {h}x{w}, cold cache", timed(full_cold, args.repeats), h * w / 1e6))
     full = timed(lambda: model.decode(0, device=device), args.repeats)
-    rows.append((f"full decode {h}x{w}", full, h * w / 1e6))
+    rows.append((f"full decode {h}x{w}, warm cache", full, h * w / 1e6))
 
     import dask
 
     level0 = model.as_pyramid()[0]
     with dask.config.set(scheduler="threads"):
+        shared_cache().clear()
         lazy = timed(lambda: level0.compute(), args.repeats)
     rows.append(
         (
@@ -155,19 +205,26 @@ def main() -> None:
         y0, x0 = (int(v) for v in rng.integers(0, [h - side + 1, w - side + 1]))
         region = (slice(y0, y0 + side), slice(x0, x0 + side))
         seconds = timed(lambda r=region: model.decode(0, region=r, device=device), args.repeats)
-        rows.append((f"region {side}x{side}", seconds, side * side / 1e6))
+        rows.append((f"region {side}x{side} (warm)", seconds, side * side / 1e6))
 
     chunk = timed(lambda: level0.blocks[0, 0].compute(scheduler="sync"), args.repeats)
     c = level0.chunksize
-    rows.append((f"one dask chunk {c[0]}x{c[1]}", chunk, c[0] * c[1] / 1e6))
+    rows.append((f"one dask chunk {c[0]}x{c[1]} (warm)", chunk, c[0] * c[1] / 1e6))
 
     print()
-    print(f"{'level 0 decode':<34} {'median ms':>10} {'MP/s':>8}")
+    print(f"{'level 0 decode':<40} {'median ms':>10} {'MP/s':>8}")
     for what, seconds, mp in rows:
-        print(f"{what:<34} {seconds * 1e3:>10.1f} {mp / seconds:>8.2f}")
+        print(f"{what:<40} {seconds * 1e3:>10.1f} {mp / seconds:>8.2f}")
 
     print()
-    print(f"{'256x256 region, level 0, of a':<34} {'median ms':>10} {'MLPs':>8}")
+    print("first chunk after opening vs decode(level, region) of the same pixels, also just opened")
+    print(f"{'level':<6} {'chunk ms':>10} {'region ms':>10} {'ratio':>6}")
+    for level in range(model.n_levels):
+        first, same = first_chunk_vs_region(path, model, level, max(3, args.repeats // 2))
+        print(f"{level:<6} {first * 1e3:>10.1f} {same * 1e3:>10.1f} {first / same:>6.2f}")
+
+    print()
+    print(f"{'256x256 region, level 0, of a':<40} {'median ms':>10} {'MLPs':>8}")
     y0, x0 = (h - 256) // 2, (w - 256) // 2  # the same pixels in every tiled model
     region = (slice(y0, y0 + 256), slice(x0, x0 + 256))
     for factor in (1, 2, 4):
@@ -175,7 +232,7 @@ def main() -> None:
         seconds = timed(lambda m=big: m.decode(0, region=region, device=device), args.repeats)
         bh, bw = big.level_shape(0)
         n_mlps = sum(lv.n_mlps for lv in big.levels)
-        print(f"{f'{bh}x{bw} model':<34} {seconds * 1e3:>10.1f} {n_mlps:>8}")
+        print(f"{f'{bh}x{bw} model':<40} {seconds * 1e3:>10.1f} {n_mlps:>8}")
     print(f"# load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 

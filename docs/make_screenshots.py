@@ -17,6 +17,15 @@ With ``--zarr`` it fits a generated 4096² slide-like image from a zarr path, ou
 
 * ``widget-zarr.png``: the whole window while level 0 trains tile by tile (lazy level layers).
 
+With ``--debug`` it pauses the fit of the astronaut during level 0 and saves the debugging views:
+
+* ``debug_error_layer.png``: the error map (per pixel, on its fixed 0–5 % range) of level 0 as
+  trained so far, with the per-level PSNR table and the colour bar in the dock;
+* ``debug_block_states.png``: the block states of level 0 (pruned, waiting, training, retired),
+  the legend, and the block under the cursor described in the dock;
+* ``debug_block_states_done.png``: the same once the fit finished (level 0's blocks pruned,
+  retired, trained or grown) with every level's final PSNR.
+
 With ``--volume`` it fits a 64³ occupancy volume (spheres and a torus) instead, with the widget's
 volume defaults, adds its mesh and saves
 
@@ -157,6 +166,52 @@ def zarr_screenshot(viewer, widget, args: argparse.Namespace) -> int:
     return 0
 
 
+def debug_screenshots(viewer, widget, args: argparse.Namespace) -> int:
+    """Pause the astronaut's fit in level 0; save the error map and block-state screenshots."""
+    from napari_miner.core.block_state import BlockState
+
+    t0 = time.monotonic()
+    if not widget.start():
+        return 1
+
+    def some_retired() -> bool:  # level 0's main bank trains, some blocks retired
+        view = widget.debug.view if widget.debug is not None else None
+        if view is None or view.level != 0:
+            return not widget.running
+        counts = view.report.counts()
+        return counts[BlockState.RETIRED] >= 5 and counts[BlockState.TRAINING] >= 20
+
+    _process_until(some_retired, args.timeout)
+    if not widget.running:
+        print("error: the fit ended before the debugging screenshots", flush=True)
+        return 1
+    widget.pause()
+    _process_until(lambda: False, 1.0)  # the frames on their way arrive
+    _activity_dock(viewer, False)
+    panel = widget.debug_panel
+    panel.error_check.setChecked(True)
+    _process_until(lambda: False, 0.5)
+    _save(viewer, widget, args.out / "debug_error_layer.png", t0)
+    panel.error_check.setChecked(False)
+    panel.states_check.setChecked(True)
+    report = widget.debug.view.report
+    training = np.argwhere(report.state == BlockState.TRAINING)
+    index = training[len(training) // 2]
+    size = widget.live.block_transform(0)[0][0]
+    viewer.cursor.position = tuple(size * (i + 0.5) for i in index)  # the block in the dock
+    _process_until(lambda: False, 0.5)
+    _save(viewer, widget, args.out / "debug_block_states.png", t0)
+    widget.resume()
+    if not _process_until(lambda: not widget.running, args.timeout):
+        print("error: the fit did not finish in time", flush=True)
+        return 1
+    viewer.cursor.position = tuple(size * (i + 0.5) for i in index)
+    _process_until(lambda: False, 0.5)
+    _save(viewer, widget, args.out / "debug_block_states_done.png", t0)
+    viewer.close()
+    return 0
+
+
 def _save(viewer, widget, path: Path, t0: float) -> None:
     """Screenshot the whole window (dock included) and report it."""
     viewer.screenshot(path=str(path), canvas_only=False, flash=False)
@@ -173,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--volume", action="store_true", help="the 3D screenshot (widget-3d.png)")
     parser.add_argument(
         "--zarr", action="store_true", help="an out-of-core fit from a zarr path (widget-zarr.png)"
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="the debugging views (debug_*.png), mid-fit"
     )
     args = parser.parse_args(argv)
     if needs_virtual_display():
@@ -210,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         return volume_screenshot(viewer, widget, args)
     if args.zarr:
         return zarr_screenshot(viewer, widget, args)
+    if args.debug:
+        return debug_screenshots(viewer, widget, args)
     t0 = time.monotonic()
     if not widget.start():
         return 1

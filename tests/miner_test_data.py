@@ -48,3 +48,14 @@ def intensity_volume(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
     volume += 0.05 * np.sin(40 * grids[0]) * np.sin(35 * grids[1]) * np.sin(30 * grids[2])
     volume -= volume.min()
     return (volume / volume.max()).astype(np.float32)
+
+
+def mixed_image(seed: int = 0):
+    """Left half smooth (easy), right half noise (hard), 64x64, as a ``(1, 64, 64)`` tensor."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:64, 0:64] / 64
+    image = 0.5 + 0.3 * np.sin(2 * np.pi * y) * np.cos(np.pi * x)
+    image[:, 32:] = rng.random((64, 32))
+    return torch.from_numpy(image.astype(np.float32))[None]

@@ -157,6 +157,8 @@ class LiveLayers:
         self.overlay: Any = None
         self.final: Any = None
         self.mesh: Any = None
+        self.extra: list[Any] = []
+        """Further layers of this fit (the debugging views), kept below the overlay."""
 
     # ---------------------------------------------------------------- transforms
     def level_transform(self, level: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -166,7 +168,15 @@ class LiveLayers:
 
     def overlay_transform(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """World ``(scale, translate)`` of the level-0 block-grid overlay."""
-        src, b = self.source, float(self.block_size)
+        return self.block_transform(0)
+
+    def block_transform(self, level: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """World ``(scale, translate)`` of level ``level``'s block grid (one cell per block).
+
+        A level-``j`` block spans ``block_size * 2**j`` input pixels; each cell's centre lies on
+        the centre of the input pixels it covers.
+        """
+        src, b = self.source, float(self.block_size * 2**level)
         return compose(((b,) * src.ndim, ((b - 1) / 2,) * src.ndim), src.scale, src.translate)
 
     # -------------------------------------------------------------------- layers
@@ -214,7 +224,7 @@ class LiveLayers:
             for coarser, other in self.level_layers.items():
                 if coarser > level and self._present(other):
                     other.visible = False
-        self._overlay_on_top()
+        self.raise_overlay()
         return layer
 
     def show_overlay(self, labels: np.ndarray) -> Any:
@@ -260,7 +270,7 @@ class LiveLayers:
         for layer in self.level_layers.values():
             if self._present(layer):
                 layer.visible = False
-        self._overlay_on_top()
+        self.raise_overlay()
         return self.final
 
     def show_mesh(self, vertices: np.ndarray, faces: np.ndarray) -> Any:
@@ -278,10 +288,11 @@ class LiveLayers:
             translate=src.translate,
             shading="smooth",
         )
-        self._overlay_on_top()
+        self.raise_overlay()
         return self.mesh
 
-    def _overlay_on_top(self) -> None:
+    def raise_overlay(self) -> None:
+        """Move the active-blocks overlay to the top of the layer list."""
         if not self._present(self.overlay):
             return
         layers = self.viewer.layers
@@ -291,7 +302,7 @@ class LiveLayers:
 
     def all_layers(self) -> list[Any]:
         """Every layer of this fit still in the viewer."""
-        candidates = [*self.level_layers.values(), self.overlay, self.final, self.mesh]
+        candidates = [*self.level_layers.values(), *self.extra, self.overlay, self.final, self.mesh]
         return [layer for layer in candidates if self._present(layer)]
 
     def remove(self) -> None:
@@ -299,3 +310,4 @@ class LiveLayers:
         for layer in self.all_layers():
             self.viewer.layers.remove(layer)
         self.level_layers, self.overlay, self.final, self.mesh = {}, None, None, None
+        self.extra = []

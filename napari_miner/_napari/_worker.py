@@ -5,7 +5,10 @@ in the worker thread and yields small, throttled, plain-data messages that the w
 main thread. What it reports comes from the run's progress model
 (:class:`~napari_miner.fitting.progress.FitProgress`), never from interpreting events; what it adds is
 the data of the live layers, decoded here rather than in the GUI thread: the running level as
-trained so far (in memory), or lazy multiscale views of the model store (out of core).
+trained so far (in memory), or lazy multiscale views of the model store (out of core); and the data
+of the debugging views: error maps (per pixel against the level's target when the input is in
+memory, computed with each decoded frame; else per block from the errors training reports) and the
+state of the shown level's blocks (:class:`BlockView`).
 
 
 Every exception is yielded as :class:`Failed` (superqt's generator worker swallows ``RuntimeError``
@@ -23,10 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from napari_miner.core.block_state import BlockReport
 from napari_miner.core.config import MinerConfig
+from napari_miner.core.error_map import LevelTargets, error_percent
 from napari_miner.fitting.progress import FitProgress
 
 __all__ = [
+    "BlockView",
     "Done",
     "Failed",
     "FitControl",
@@ -52,17 +58,32 @@ class FitRequest:
     memory_budget: str | None = None
 
 
+@dataclass(frozen=True)
+class BlockView:
+    """The blocks of the level shown.
+
+    ``report`` is a copy of their :class:`BlockReport`; ``error``, when the fit has no per-pixel
+    error maps, the per-block error map (% of range) from the report's errors.
+    """
+
+    level: int
+    report: BlockReport
+    error: np.ndarray | None = None
+
+
 @dataclass
 class Status:
     """Progress of the fit, throttled.
 
     ``progress`` is a :class:`FitProgress` snapshot, ``history`` the PSNR points reported since
-    the previous status, ``labels`` the active-blocks overlay (``None`` when unchanged).
+    the previous status, ``labels`` the active-blocks overlay and ``blocks`` the blocks of the
+    level shown (``None`` when unchanged).
     """
 
     progress: FitProgress
     history: list[tuple[float, float, int]] = field(default_factory=list)
     labels: np.ndarray | None = None
+    blocks: BlockView | None = None
 
 
 @dataclass
@@ -74,11 +95,13 @@ class LevelData:
 
     ``kind``: ``"start"`` (a level begins), ``"preview"`` (throttled; counted in
     :attr:`FitControl.frames_in_flight` until the main thread handled it) or ``"final"``.
+    ``error`` is its per-pixel error map (% of range), when the fit computes them.
     """
 
     level: int
     data: np.ndarray | list
     kind: str = "preview"
+    error: np.ndarray | None = None
 
 
 @dataclass
@@ -96,6 +119,7 @@ class Done:
     pyramid: list | None = None
     volume: np.ndarray | None = None
     level_data: LevelData | None = None
+    blocks: BlockView | None = None
 
 
 @dataclass
@@ -174,13 +198,34 @@ class FitControl:
 
 
 class _Statuses:
-    """Throttled :class:`Status` messages from the run's progress."""
+    """Throttled :class:`Status` messages from the run's progress.
 
-    def __init__(self, progress: FitProgress, interval_s: float, labels_interval_s: float) -> None:
+    ``blocks``: whether they carry :class:`BlockView` s (with per-block error maps when
+    ``block_errors``).
+    """
+
+    def __init__(
+        self,
+        progress: FitProgress,
+        interval_s: float,
+        labels_interval_s: float,
+        blocks: bool = True,
+        block_errors: bool = True,
+    ) -> None:
         self.progress = progress
         self.interval_s, self.labels_interval_s = interval_s, labels_interval_s
-        self.last = self.last_labels = -float("inf")
+        self.last = self.last_labels = self.last_blocks = -float("inf")
         self.sent_points, self.labels_version = 0, 0
+        self.blocks, self.block_errors = blocks, block_errors
+        self.blocks_version = 0
+
+    def block_view(self) -> BlockView | None:
+        """The blocks of the level shown now (``None`` before any, or without block views)."""
+        report = self.progress.block_report() if self.blocks else None
+        if report is None:
+            return None
+        error = error_percent(report.loss) if self.block_errors else None
+        return BlockView(self.progress.level, report, error)
 
     def next(self, force: bool = False) -> Status | None:
         """A status if ``force`` or one is due, else None."""
@@ -193,17 +238,34 @@ class _Statuses:
         ):
             labels = progress.labels()
             self.labels_version, self.last_labels = progress.labels_version, now
+        blocks = None
+        if progress.blocks_version != self.blocks_version and (
+            force or now - self.last_blocks >= self.labels_interval_s
+        ):
+            blocks = self.block_view()
+            self.blocks_version, self.last_blocks = progress.blocks_version, now
         history = progress.history[self.sent_points :]
         self.sent_points += len(history)
         self.last = now
-        return Status(progress.snapshot(), history, labels)
+        return Status(progress.snapshot(), history, labels, blocks)
 
 
 class _Frames:
-    """The live layers' data: the model as trained so far, decoded at a throttled rate."""
+    """The live layers' data: the model as trained so far, decoded at a throttled rate.
 
-    def __init__(self, run: Any, device: Any, control: FitControl, interval_s: float) -> None:
+    With ``targets`` (in memory), every decoded level comes with its per-pixel error map.
+    """
+
+    def __init__(
+        self,
+        run: Any,
+        device: Any,
+        control: FitControl,
+        interval_s: float,
+        targets: LevelTargets | None = None,
+    ) -> None:
         self.run, self.device, self.control = run, device, control
+        self.targets = targets
         self.lazy = run.store is not None  # out of core: lazy views of the store
         self.continuous = run.layout.is_volume and run.config.iou_threshold is not None
         self.interval_s = self.min_interval_s = interval_s
@@ -222,18 +284,27 @@ class _Frames:
         """Level ``level`` of ``model`` as live-layer data (out of core: level and coarser, lazy)."""
         return model.as_pyramid()[level:] if self.lazy else self.decode(model, level)
 
+    def frame(self, model: Any, level: int, kind: str) -> LevelData:
+        """:class:`LevelData` of ``level`` of ``model``, with its error map when there are targets."""
+        data = self.level(model, level)
+        error = None
+        if self.targets is not None and not self.lazy:
+            self.targets.release(level)
+            error = self.targets.error(level, data)
+        return LevelData(level, data, kind, error)
+
     def boundary(self, progress: FitProgress) -> LevelData | None:
         """The finished level, or the level that starts (its coarser estimate upsampled)."""
         level = progress.level
         self.last = -float("inf")  # a preview of the new level soon
         if progress.level_done:
-            data = self.level(self.run.model, level)
+            frame = self.frame(self.run.model, level, kind="final")
             if level == 0 and not self.lazy:
-                self.level0 = data
-            return LevelData(level, data, kind="final")
+                self.level0 = frame.data
+            return frame
         if self.lazy or level == progress.n_levels - 1:
             return None  # nothing trained yet to show
-        return LevelData(level, self.level(self.run.model, level), kind="start")
+        return self.frame(self.run.model, level, kind="start")
 
     def preview(self, progress: FitProgress) -> LevelData | None:
         """The running level as trained so far, when one is due and none is pending."""
@@ -245,12 +316,12 @@ class _Frames:
             if tiles == self.tiles_shown or progress.tiles_done == 0:
                 return None
             self.tiles_shown = tiles
-        data = self.level(self.run.model, progress.level)
+        frame = self.frame(self.run.model, progress.level, kind="preview")
         spent = time.monotonic() - now
         self.interval_s = max(self.min_interval_s, 4.0 * spent)  # at most ~20% of the time
         self.last = time.monotonic()
         self.control.frame_sent()
-        return LevelData(progress.level, data, kind="preview")
+        return frame
 
     def done(self, model: Any, progress: FitProgress, stopped: bool) -> Done:
         """The final products of a finished or stopped fit."""
@@ -258,7 +329,7 @@ class _Frames:
 
         shown = None
         if stopped:  # where the fit stopped
-            shown = LevelData(progress.level, self.level(model, progress.level), kind="final")
+            shown = self.frame(model, progress.level, kind="final")
             if progress.level == 0 and not self.lazy:
                 self.level0 = shown.data
         labels = active_block_labels(model)[0]
@@ -277,12 +348,23 @@ class _Frames:
 
 
 def _messages(
-    run: Any, control: FitControl, ui_interval_s: float, refresh_interval_s: float, device: Any
+    run: Any,
+    control: FitControl,
+    ui_interval_s: float,
+    refresh_interval_s: float,
+    device: Any,
+    targets: LevelTargets | None = None,
+    debug: bool = True,
 ) -> Iterator[Message]:
-    """The messages of a run: statuses, live-layer data, and at the end :class:`Done`."""
+    """The messages of a run: statuses, live-layer data, and at the end :class:`Done`.
+
+    ``debug``: with the debugging views' data (block views; error maps from ``targets``).
+    """
     progress = run.progress
-    statuses = _Statuses(progress, ui_interval_s, refresh_interval_s)
-    frames = _Frames(run, device, control, refresh_interval_s)
+    statuses = _Statuses(
+        progress, ui_interval_s, refresh_interval_s, blocks=debug, block_errors=targets is None
+    )
+    frames = _Frames(run, device, control, refresh_interval_s, targets if debug else None)
     phase: tuple[int, bool] | None = None
     for _ in run:
         if control.paused:
@@ -291,7 +373,9 @@ def _messages(
         if control.stop_requested:
             break
         if progress.finished:
-            yield frames.done(run.model, progress, stopped=False)
+            done = frames.done(run.model, progress, stopped=False)
+            done.blocks = statuses.block_view()
+            yield done
             return
         if (progress.level, progress.level_done) != phase:  # a level starts or finishes
             phase = (progress.level, progress.level_done)
@@ -305,7 +389,9 @@ def _messages(
                 yield message
     run.close()  # stopped: what was trained so far stays usable
     if not control.closing:
-        yield frames.done(run.model, progress, stopped=True)
+        done = frames.done(run.model, progress, stopped=True)
+        done.blocks = statuses.block_view()
+        yield done
 
 
 def _drop_tracebacks(error: BaseException | None) -> None:
@@ -322,6 +408,7 @@ def fit_messages(
     ui_interval_s: float = 0.2,
     refresh_interval_s: float = 1.0,
     torch_threads: int | None = None,
+    debug: bool = True,
 ) -> Iterator[Message]:
     """Fit and yield throttled messages for the widget (runs in the worker thread).
 
@@ -338,6 +425,10 @@ def fit_messages(
         less often if decoding is slow: they never take more than about a fifth of the time).
     torch_threads : int, optional
         torch intra-op threads for this thread (OpenMP settings are per thread in torch).
+    debug : bool
+        Send the data of the debugging views: the blocks of the level shown and error maps (per
+        pixel, with every decoded frame, when the input is an in-memory NumPy array; per block
+        otherwise). Training is the same either way.
     """
     import torch
 
@@ -353,7 +444,12 @@ def fit_messages(
             channel_axis=request.channel_axis, store=request.store,
             memory_budget=request.memory_budget,
         )  # fmt: skip
-        yield from _messages(run, control, ui_interval_s, refresh_interval_s, device)
+        targets = None
+        if debug and run.store is None:
+            targets = LevelTargets.of(request.data, run.layout)
+        yield from _messages(
+            run, control, ui_interval_s, refresh_interval_s, device, targets, debug
+        )
     except Exception as error:  # every failure goes to the user
         logger.error("napari-miner: the fit failed", exc_info=error)
         _drop_tracebacks(error)  # their frames would keep the fit's (GPU) tensors alive

@@ -10,6 +10,8 @@ A thin shell over the public API and its progress model:
   the run's :class:`~napari_miner.fitting.progress.FitProgress`: the status line is its
   ``describe()``, napari's progress bar its ``fraction``, the PSNR plot its ``history``;
 * :class:`~._live_layers.LiveLayers` — the layers of the fit (main thread only);
+* :class:`~._debug_panel.DebugPanel` and :class:`~._debug_layers.DebugLayers` — the debugging
+  views: per-level PSNR, the error map and block-state layers, the block under the cursor;
 * :class:`~._results.ResultActions` — *Save model…* and *Add mesh* (volumes).
 
 A volume turns the viewer to 3D when its fit starts.
@@ -27,13 +29,15 @@ from napari_miner.core.config import MinerConfig
 from napari_miner.core.errors import ConfigError
 from napari_miner.fitting.progress import FitProgress
 
+from ._debug_layers import DebugLayers
+from ._debug_panel import DebugPanel
 from ._fit_worker import FitWorker
 from ._inputs import InputPanel, cuda_available
 from ._live_layers import LiveLayers
 from ._plot import PsnrPlot
 from ._results import ResultActions
 from ._settings import SettingsForm
-from ._worker import Done, Failed, FitRequest, LevelData, Message, Status
+from ._worker import BlockView, Done, Failed, FitRequest, LevelData, Message, Status
 
 if TYPE_CHECKING:
     import napari
@@ -64,6 +68,10 @@ class MinerWidget(QWidget):
         The progress last shown.
     live : LiveLayers or None
         The layers of the current (or last) fit.
+    debug : DebugLayers or None
+        Its debugging layers (error map, block states).
+    debug_panel : DebugPanel
+        Per-level PSNR, legends, the block under the cursor.
     results : ResultActions
         *Save model…* and *Add mesh*.
     ui_interval_s, refresh_interval_s : float
@@ -78,6 +86,8 @@ class MinerWidget(QWidget):
         self.fit: FitWorker | None = None
         self.progress: FitProgress | None = None
         self.live: LiveLayers | None = None
+        self.debug: DebugLayers | None = None
+        self._lazy = False
         self.ui_interval_s, self.refresh_interval_s = 0.2, 1.0
         self._config = MinerConfig()
         self._pbar: Any = None
@@ -94,6 +104,8 @@ class MinerWidget(QWidget):
         self.status_label.setWordWrap(True)
         self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.plot = PsnrPlot()
+        self.debug_panel = DebugPanel(self._set_debug_visible)
+        viewer.cursor.events.position.connect(self._on_cursor)
         self.results = ResultActions(self.status_label)
         self.results.busy_changed.connect(lambda: self._set_running_ui(self.running))
         layout = QVBoxLayout(self)
@@ -102,6 +114,7 @@ class MinerWidget(QWidget):
         layout.addLayout(_row(self.fit_button, self.pause_button))
         layout.addWidget(self.status_label)
         layout.addWidget(self.plot)
+        layout.addWidget(self.debug_panel)
         layout.addWidget(self.results)
         layout.addStretch(1)
 
@@ -157,6 +170,12 @@ class MinerWidget(QWidget):
         if self.live is not None and self.live.source.name == source.name:
             self.live.remove()  # a new fit of the same input replaces the previous one's layers
         self.live = LiveLayers(self.viewer, source, config.block_size, config.n_levels)
+        self.debug, self._lazy = DebugLayers(self.live), options.get("store") is not None
+        self.debug.visible.update(
+            error=self.debug_panel.error_check.isChecked(),
+            states=self.debug_panel.states_check.isChecked(),
+        )
+        self.debug_panel.clear(config.n_levels)
         self.results.model, self.results.live = None, self.live
         self._config, self.progress = config, None
         self.plot.clear()
@@ -220,6 +239,7 @@ class MinerWidget(QWidget):
             self._show_status(message)
         elif isinstance(message, LevelData):
             self.live.show_level(message.level, message.data)
+            self._show_debug(frame=message)
         elif isinstance(message, Done):
             self._on_done(message)
         elif isinstance(message, Failed):
@@ -230,9 +250,30 @@ class MinerWidget(QWidget):
         self.plot.extend(status.history)
         if status.labels is not None:
             self.live.show_overlay(status.labels)
+        self._show_debug(status.blocks)
         paused = " · paused" if self.paused else ""
         self.status_label.setText(progress.describe() + paused)
         self._advance_pbar(progress)
+
+    def _show_debug(self, blocks: BlockView | None = None, frame: LevelData | None = None) -> None:
+        debug = self.debug
+        if frame is not None and frame.error is not None:
+            debug.show_pixel_error(frame.level, frame.error)
+        if blocks is not None:
+            debug.show_blocks(blocks)
+            self._on_cursor()  # the block under the cursor, as it is now
+        debug.raise_shown()  # (above level layers added since)
+        if self.progress is not None:
+            self.debug_panel.show_levels(self.progress.level_rows())
+        self.debug_panel.show_error_mode(debug.error_mode, debug.error_level, self._lazy)
+
+    def _set_debug_visible(self, which: str, visible: bool) -> None:
+        if self.debug is not None:
+            self.debug.set_visible(which, visible)
+
+    def _on_cursor(self, event: Any = None) -> None:
+        if self.debug is not None and not self._torn_down:
+            self.debug_panel.show_info(self.debug.block_info(self.viewer.cursor.position))
 
     def _advance_pbar(self, progress: FitProgress) -> None:
         value = int(progress.fraction * PBAR_STEPS)
@@ -248,6 +289,7 @@ class MinerWidget(QWidget):
             live.show_level(done.level_data.level, done.level_data.data)
         live.show_overlay(done.labels)
         live.show_final(done.pyramid, done.volume)
+        self._show_debug(done.blocks, done.level_data)
         if done.stopped:
             text = f"stopped after {done.progress.elapsed_s:.1f} s: partial model kept"
         else:
@@ -286,6 +328,7 @@ class MinerWidget(QWidget):
             return
         self.shutdown()
         self._torn_down = True
+        self.viewer.cursor.events.position.disconnect(self._on_cursor)
         self.results.close_actions()
         self._watch_window(None)
         self.inputs.disconnect_viewer()

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from .block_state import BlockReport
     from .model import PyramidModel
 
 
@@ -23,11 +24,15 @@ class ScaleStarted:
         Number of blocks the level is cut into.
     n_active : int
         Blocks that received an MLP (the others were pruned before training).
+    blocks : BlockReport or None
+        The level's blocks, waiting or pruned, with their residual energies as errors; ``None``
+        when the pruning was decided by an earlier run of a resumed fit.
     """
 
     level: int
     n_blocks: int
     n_active: int
+    blocks: BlockReport | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +63,9 @@ class Progress:
         In a tiled (out-of-core) fit, ``(tiles finished, tiles of the level)``: ``loss``, ``psnr``,
         ``step`` and ``n_active`` are then those of the tile being trained, and ``active_mask``
         covers the whole level. ``None`` in a fit of the whole level at once.
+    blocks : BlockReport or None
+        State, error and parameters of the blocks of the level (in a tiled fit, of the tile being
+        trained, placed at its position in the level's grid).
     """
 
     level: int
@@ -69,6 +77,7 @@ class Progress:
     active_mask: np.ndarray = field(repr=False)
     iou: float | None = None
     tile: tuple[int, int] | None = None
+    blocks: BlockReport | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +102,9 @@ class TileFinished:
         PSNR of the level's estimate over the tile, in dB.
     elapsed_s : float
         Training time since the fit started.
+    blocks : BlockReport or None
+        The final state, error (of the decoded estimate) and parameters of the tile's blocks,
+        placed at their position in the level's grid.
     """
 
     level: int
@@ -103,6 +115,7 @@ class TileFinished:
     n_mlps: int
     psnr: float
     elapsed_s: float
+    blocks: BlockReport | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ import torch
 
 from .bank_fit import BankFit, bank_mse, fine_tune_quantized
 from .banks import level_banks
+from .block_state import BlockReport, BlockTracker
 from .blocks import BlockGrid, local_coordinates
 from .capacity import TRIM_MARGIN_DB, children_of, keep_rows, spared_mlps, worst_blocks
 from .config import REFERENCE_WIDTH, MinerConfig
@@ -106,8 +107,10 @@ class LevelTraining:
             "lite": torch.nonzero(lite).flatten(),
         }
         banks = []
+        self._tracker = BlockTracker(grid, trained)
         for spec in self._specs:
             ids = chosen.get(spec.name, torch.zeros(0, dtype=torch.long, device=device))
+            self._tracker.assign(ids, spec.params_per_mlp(grid.ndim, n_channels))
             bank_grid = spec.grid(grid.shape)
             weights, biases = init_bank(
                 ids.numel(), grid.ndim, spec.width, spec.hidden_layers, n_channels,
@@ -165,6 +168,10 @@ class LevelTraining:
             if k not in self._begun:
                 keep_rows(bank, torch.zeros_like(bank.block_ids, dtype=torch.bool))
         return copy
+
+    def block_report(self) -> BlockReport:
+        """Every block of the level (tile) now: its state, error and parameters."""
+        return self._tracker.report(self._block_mse, self._counts)
 
     def _level_mse(self) -> float:
         if self._split_level_mse is not None:
@@ -240,10 +247,13 @@ class LevelTraining:
         )  # fmt: skip
         self._fit, self._bank = fit, k
         self._begun.add(k)
+        self._tracker.start(ids)
         done = self.steps
 
         def report(rows: torch.Tensor, mse: torch.Tensor, prediction: torch.Tensor | None) -> None:
             self._block_mse[ids[rows]] = mse
+            if prediction is not None:  # an exact check: the blocks below retire_mse retire
+                self._tracker.retire(ids[rows[mse < cfg.retire_mse]])
             if prediction is not None and self._occupancy is not None:
                 self._occupancy.update(ids[rows], prediction)
 
@@ -251,13 +261,14 @@ class LevelTraining:
             iou = None if self._occupancy is None else self._occupancy.iou
             return Progress(
                 self.index, done + step, mse, psnr_from_mse(mse), int(fit.rows.numel()),
-                self._clock(), grid.mask(ids[fit.rows]), iou,
+                self._clock(), grid.mask(ids[fit.rows]), iou, blocks=self.block_report(),
             )  # fmt: skip
 
         yield from fit.run(
             report, self._level_mse, self._reached_before_quantizing, progress, self._diverged
         )
         self.steps, self.ended = done + fit.steps, fit.ended
+        self._tracker.end(ids)
 
     def _quantize_bank(self, k: int) -> None:
         """Round bank ``k`` of the level's own grid to ``weight_bits`` (fine-tuned if needed)."""
@@ -333,6 +344,7 @@ class LevelTraining:
         if not bool(dropped.any()):
             return
         self._block_mse[ids[dropped]] = self._energy[ids[dropped]]
+        self._tracker.drop(ids[dropped])
         start = 0
         for k in on_grid:
             bank = self.banks[k]
@@ -363,6 +375,10 @@ class LevelTraining:
             cfg.omega_0, self._generator, residual.device,
         )  # fmt: skip
         bank.block_ids, bank.weights, bank.biases = ids, weights, biases
+        params_per_mlp = spec.params_per_mlp(grid.ndim, residual.shape[0])
+        self._tracker.grow(split, ids, grid, params_per_mlp)
+        parents = torch.arange(parent.n_blocks, device=residual.device)
+        level_sse = self._tracker.level_sum(parent_energy * parent_counts, parents, parent)
         coords = local_coordinates(grid.block_size, grid.ndim, residual.device)
         masks = None if bool(mask[ids].all()) else mask[ids]
         start_sse = float((parent_energy * parent_counts).sum())
@@ -386,6 +402,11 @@ class LevelTraining:
 
         factor = 1 << split
 
+        def report_blocks() -> BlockReport:  # the level's blocks, with the children's errors
+            gains = child_sse - energy[ids] * counts[ids]
+            self._tracker.growing(level_sse + self._tracker.level_sum(gains, ids, grid))
+            return self.block_report()
+
         def progress(step: int, mse: float) -> Progress:
             training = grid.mask(ids[fit.rows])
             index = torch.nonzero(torch.from_numpy(training))
@@ -394,7 +415,7 @@ class LevelTraining:
                 active[tuple((index // factor).T)] = True
             return Progress(
                 self.index, done + step, mse, psnr_from_mse(mse), int(fit.rows.numel()),
-                self._clock(), active.numpy(), None,
+                self._clock(), active.numpy(), None, blocks=report_blocks(),
             )  # fmt: skip
 
         self._split_level_mse = level_mse
@@ -413,6 +434,8 @@ class LevelTraining:
             dropped = spared_mlps(gains, spare - total * level_mse())
             keep_rows(bank, ~dropped)
             child_sse[dropped] = (energy[ids] * counts[ids])[dropped]
+            self._tracker.grow(split, bank.block_ids, grid, params_per_mlp)
+        report_blocks()
         self.level.stats[f"n_split{split}"] = int(bank.block_ids.numel())
 
     # -------------------------------------------------------------------------- result

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.block_state import BlockReport, BlockState
 from ..core.blocks import BlockGrid
 from ..core.config import MinerConfig
 from ..core.events import Event, Finished, Progress, ScaleFinished, ScaleStarted, TileFinished
@@ -172,6 +173,7 @@ class FitEngine:
         tiles = tile_indices(grid, tile_blocks)
         done = self.sink.done_tiles(level, tile_blocks)
         pruning = self.sink.pruning(level)
+        energy = None
         if pruning is None:
             energy = np.zeros(grid.grid_shape, dtype=np.float32)
             counts = np.zeros(grid.grid_shape, dtype=np.float64)
@@ -187,7 +189,7 @@ class FitEngine:
             self.sink.set_pruning(level, *pruning)
         threshold, n_active = pruning
         self._pause()
-        yield ScaleStarted(level=level, n_blocks=grid.n_blocks, n_active=n_active)
+        yield ScaleStarted(level, grid.n_blocks, n_active, _waiting(energy, threshold))
         self.clock.start()
         mask = self.sink.model().levels[level].active_mask() if done else None
         if mask is None:
@@ -199,11 +201,13 @@ class FitEngine:
             level, todo, tile_blocks, threshold, lambda: self.clock.elapsed
         ):
             blocks = tile_blocks_region(grid, tile_blocks, index)
+            report = item.blocks  # (of the tile: placed in the level's grid)
+            report = None if report is None else report.at(tuple(b.start for b in blocks))
             if isinstance(item, Progress):
                 if not whole:
                     active = np.zeros(grid.grid_shape, dtype=bool)
                     active[blocks] = item.active_mask
-                    item = dataclasses.replace(item, active_mask=active)
+                    item = dataclasses.replace(item, active_mask=active, blocks=report)
                 self._pause()
                 yield dataclasses.replace(item, tile=(len(done), len(tiles)))
                 self.clock.start()
@@ -216,7 +220,7 @@ class FitEngine:
             yield TileFinished(
                 level=level, index=index, done=len(done), n_tiles=len(tiles),
                 region=tile_pixel_region(grid, tile_blocks, index), n_mlps=item.n_mlps,
-                psnr=item.psnr, elapsed_s=self.clock.elapsed,
+                psnr=item.psnr, elapsed_s=self.clock.elapsed, blocks=report,
             )  # fmt: skip
             self.clock.start()
         stats = self.sink.level_stats(level)
@@ -239,6 +243,14 @@ class FitEngine:
             iou=stats.get("iou"),
         )
         self.clock.start()
+
+
+def _waiting(energy: np.ndarray | None, threshold: float) -> BlockReport | None:
+    """A level's blocks before training: waiting for an MLP or pruned, errors their energies."""
+    if energy is None:
+        return None
+    state = np.where(energy > threshold, BlockState.WAITING, BlockState.PRUNED).astype(np.uint8)
+    return BlockReport(state, energy.astype(np.float32), np.zeros(energy.shape, np.int32))
 
 
 def normalized_level(model: PyramidModel, level: int, chunk_blocks: int = 16) -> Any:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ..core.block_state import BlockReport
+from ..core.blocks import BlockGrid
 from ..core.config import MinerConfig
 from ..core.events import (
     MISSED_TARGET_HINTS,
@@ -24,6 +26,7 @@ from ..core.events import (
 )
 from ..core.layout import InputLayout
 from ..core.overlay import block_labels
+from ..core.pyramid import level_shapes
 
 __all__ = ["FitProgress", "format_db"]
 
@@ -77,6 +80,15 @@ class FitProgress:
         The fit's target PSNR (dB).
     target_iou : float or None
         The fit's target IoU, when it tracks occupancy.
+    grids : tuple of tuple of int
+        Every level's block grid, level 0 first (empty: taken from the events).
+    blocks : dict of int to BlockReport
+        Per level, the state, error and parameters of every block, as last reported (updated in
+        place: :meth:`snapshot` leaves them out, :meth:`block_report` hands out copies).
+    blocks_version : int
+        Incremented whenever :attr:`blocks` change.
+    level_psnr : dict of int to float
+        Per level, its last PSNR (the running tile's while a tiled level trains).
     """
 
     n_levels: int
@@ -100,14 +112,21 @@ class FitProgress:
     reason: str | None = None
     target_psnr: float = 40.0
     target_iou: float | None = None
+    grids: tuple[tuple[int, ...], ...] = ()
+    blocks: dict[int, BlockReport] = field(default_factory=dict)
+    blocks_version: int = 0
+    level_psnr: dict[int, float] = field(default_factory=dict)
 
     @classmethod
     def for_fit(cls, config: MinerConfig, layout: InputLayout) -> FitProgress:
         """The progress of a fit of ``layout`` with ``config``, before its first event."""
-        grid0 = tuple(math.ceil(s / config.block_size) for s in layout.spatial_shape)
+        grids = tuple(
+            BlockGrid(shape, config.block_size).grid_shape
+            for shape in level_shapes(layout.spatial_shape, config.n_levels)
+        )
         return cls(
-            config.n_levels, config.max_steps, grid0, level=config.n_levels - 1,
-            target_psnr=config.target_psnr, target_iou=config.target_iou,
+            config.n_levels, config.max_steps, grids[0], level=config.n_levels - 1,
+            target_psnr=config.target_psnr, target_iou=config.target_iou, grids=grids,
         )  # fmt: skip
 
     # ----------------------------------------------------------------------------- update
@@ -118,6 +137,7 @@ class FitProgress:
             self.n_blocks, self.n_active = event.n_blocks, event.n_active
             self.tiles_done, self.n_tiles = 0, 1
             self.level_done, self.iou, self.psnr = False, None, math.nan
+            self._paste(event.level, event.blocks, start=True)
         elif isinstance(event, Progress):
             self.level, self.step, self.n_active = event.level, event.step, event.n_active
             self.psnr, self.elapsed_s = event.psnr, event.elapsed_s
@@ -126,10 +146,13 @@ class FitProgress:
             if event.tile is not None:
                 self.tiles_done, self.n_tiles = event.tile
             self.history.append((event.elapsed_s, event.psnr, event.level))
+            self.level_psnr[event.level] = event.psnr
             self._set_mask(event.level, event.active_mask)
+            self._paste(event.level, event.blocks)
         elif isinstance(event, TileFinished):
             self.tiles_done, self.n_tiles = event.done, event.n_tiles
             self.step, self.elapsed_s = 0, event.elapsed_s  # the next tile starts
+            self._paste(event.level, event.blocks)
         elif isinstance(event, ScaleFinished):
             self.level, self.step = event.level, event.steps
             self.psnr, self.elapsed_s = event.psnr, event.elapsed_s
@@ -141,6 +164,9 @@ class FitProgress:
             self.finished_levels += 1
             self.level_done = True
             self.history.append((event.elapsed_s, event.psnr, event.level))
+            self.level_psnr[event.level] = event.psnr
+            self._paste(event.level, None)
+            self.blocks[event.level].settle(self.masks[event.level])
         elif isinstance(event, Finished):
             self.finished, self.reason = True, event.reason
             self.psnr, self.elapsed_s = event.psnr, event.elapsed_s
@@ -150,6 +176,21 @@ class FitProgress:
     def _set_mask(self, level: int, mask: np.ndarray) -> None:
         self.masks[level] = np.asarray(mask, dtype=bool)
         self.labels_version += 1
+
+    def _paste(self, level: int, part: BlockReport | None, start: bool = False) -> None:
+        """Paste an event's blocks into the level's report (a new report when a level starts)."""
+        whole = None if start else self.blocks.get(level)
+        if whole is None:
+            if level < len(self.grids):
+                shape = self.grids[level]
+            elif part is not None:  # no grids: a report of the whole level
+                shape = tuple(r.stop for r in part.region())
+            else:
+                shape = self.masks[level].shape
+            whole = self.blocks[level] = BlockReport.empty(shape)
+        if part is not None:
+            whole.paste(part)
+        self.blocks_version += 1
 
     # ----------------------------------------------------------------------------- reading
     @property
@@ -167,6 +208,36 @@ class FitProgress:
             return 1.0
         running = 0.0 if self.level_done else self.level_fraction
         return min((self.finished_levels + running) / self.n_levels, 1.0)
+
+    def block_report(self, level: int | None = None) -> BlockReport | None:
+        """A copy of the blocks of ``level`` (default: :attr:`level`), ``None`` before any."""
+        report = self.blocks.get(self.level if level is None else level)
+        return None if report is None else report.copy()
+
+    def level_state(self, level: int) -> str:
+        """``"done"``, ``"training"`` or ``"waiting"`` (levels train coarsest first)."""
+        if level > self.level or (level == self.level and self.level_done):
+            return "done"
+        running = level == self.level and self.n_blocks > 0  # (after its ScaleStarted)
+        return "training" if running else "waiting"
+
+    def level_rows(self) -> list[tuple[int, str, str]]:
+        """Per level, coarsest first: ``(level, "31.20 dB", "done · 12/16 MLPs")``.
+
+        The state is ``"waiting"``, ``"training · step 40"`` (``"training · tile 3/16"`` in a
+        tiled level, whose PSNR is then the running tile's) or ``"done · <blocks with an MLP>/<blocks>"``.
+        """
+        rows = []
+        for j in reversed(range(self.n_levels)):
+            state = self.level_state(j)
+            if state == "done" and j in self.masks:
+                mask = self.masks[j]
+                state += f" · {int(mask.sum())}/{mask.size} MLPs"
+            elif state == "training":
+                where = f"tile {self.tiles_done}/{self.n_tiles}" if self.n_tiles > 1 else ""
+                state += f" · {where or f'step {self.step}'}"
+            rows.append((j, format_db(self.level_psnr.get(j)), state))
+        return rows
 
     def labels(self) -> np.ndarray:
         """The active-block overlay, shaped like level 0's block grid.
@@ -215,5 +286,12 @@ class FitProgress:
         return f" · IoU {self.iou:.3f}"
 
     def snapshot(self) -> FitProgress:
-        """A copy to hand to another thread (history and masks are shared, not copied)."""
-        return replace(self, history=self.history, masks=dict(self.masks))
+        """A copy to hand to another thread.
+
+        History and masks are shared, not copied; the block reports, updated in place, are left
+        out (see :meth:`block_report`).
+        """
+        return replace(
+            self, history=self.history, masks=dict(self.masks), blocks={},
+            level_psnr=dict(self.level_psnr),
+        )  # fmt: skip

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from ..core.block_state import BlockReport
 from ..core.blocks import BlockGrid, local_coordinates
 from ..core.config import MinerConfig
 from ..core.events import Progress
@@ -38,7 +39,8 @@ class TileDone:
     """What the engine learns of a finished training tile (sent back by cluster workers too).
 
     ``mask`` is the tile's block mask of the blocks that got an MLP; the sums are over the tile's
-    pixels and channels (occupancy counts are 0 unless the IoU is tracked).
+    pixels and channels (occupancy counts are 0 unless the IoU is tracked); ``blocks`` the final
+    state, error (of the decoded estimate) and parameters of its blocks.
     """
 
     level: int
@@ -51,6 +53,7 @@ class TileDone:
     intersection: float
     union: float
     elapsed_s: float
+    blocks: BlockReport | None = None
 
     @property
     def n_mlps(self) -> int:
@@ -210,6 +213,8 @@ class TileWork:
         self.current = None
         result = training.result()
         stats = self._block_stats(self.layout.as_decoded(result.estimate), target)
+        blocks = training.block_report()
+        blocks.loss[...] = stats["sse"] / np.maximum(stats["count"], 1.0)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - started
@@ -217,7 +222,7 @@ class TileWork:
         self.writer.write_tile(level, index, tile_blocks, result, stats, elapsed)
         done = TileDone(
             level, index, result.level.active_mask(), result.steps, result.ended,
-            *(float(stats[name].sum()) for name in STAT_NAMES), elapsed,
+            *(float(stats[name].sum()) for name in STAT_NAMES), elapsed, blocks,
         )  # fmt: skip
         del result, training, target, base
         if self.release:

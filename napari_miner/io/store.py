@@ -382,8 +382,13 @@ class ModelStore:
         Unfinished tiles have no MLPs: a store that is still being fitted gives the model trained
         so far (``metadata["fit_status"]`` is ``"fitting"``).
         """
-        per_level = max(1, cache_bytes // self.n_levels)
-        levels = [StoredLevel(self, j, per_level) for j in range(self.n_levels)]
+        # level j holds about 4**-j of the MLPs (8**-j in 3D): split the budget the same way, so
+        # that a full decode of level 0 does not read its tiles again and again
+        shares = [4.0**-j for j in range(self.n_levels)]
+        levels = [
+            StoredLevel(self, j, max(1, int(cache_bytes * share / sum(shares))))
+            for j, share in enumerate(shares)
+        ]
         metadata = dict(self.header.metadata)
         metadata["fit_status"] = self.header.status
         return PyramidModel(self.layout, self.config, levels, metadata)

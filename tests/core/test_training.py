@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from miner_test_data import mixed_image
 
 from napari_miner.core import bank_fit
 from napari_miner.core.blocks import local_coordinates
@@ -18,15 +19,6 @@ from napari_miner.core.training import (
 )
 
 
-def _mixed_image(seed=0):
-    """Left half smooth (easy), right half noise (hard), 64x64, as a (1, 64, 64) tensor."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:64, 0:64] / 64
-    image = 0.5 + 0.3 * np.sin(2 * np.pi * y) * np.cos(np.pi * x)
-    image[:, 32:] = rng.random((64, 32))
-    return torch.from_numpy(image.astype(np.float32))[None]
-
-
 def _training(target, threshold=-np.inf, level=0, **settings):
     defaults = {"block_size": 8, "weight_bits": None, "max_splits": 0, "lite_width": None}
     config = MinerConfig(**{**defaults, **settings})
@@ -38,7 +30,7 @@ def _training(target, threshold=-np.inf, level=0, **settings):
 
 def test_retired_blocks_are_frozen_bit_for_bit():
     unit = _training(
-        _mixed_image(), n_levels=1, coarsest_width_factor=1, max_steps=200, check_every=5,
+        mixed_image(), n_levels=1, coarsest_width_factor=1, max_steps=200, check_every=5,
         plateau_rel_tol=0.0, final_plateau_rel_tol=0.0, target_psnr=60.0, block_target_mse=1e-4, weight_bits=None,
     )  # fmt: skip
     retired, snapshot = None, None
@@ -53,7 +45,7 @@ def test_retired_blocks_are_frozen_bit_for_bit():
 
 
 def test_stopping_reasons():
-    target = _mixed_image()
+    target = mixed_image()
     unit = _training(target, n_levels=1, max_steps=300, target_psnr=15.0)
     list(unit.run())
     assert unit.ended == "target" and unit.steps < 300
@@ -69,7 +61,7 @@ def test_stopping_reasons():
 
 
 def test_progress_events_and_result():
-    target = _mixed_image()
+    target = mixed_image()
     unit = _training(target, n_levels=1, max_steps=20, progress_every=5)
     events = list(unit.run())
     assert [e.step for e in events] == [5, 10, 15, 20]
@@ -90,14 +82,14 @@ def test_divergence_is_reported_not_silently_stored(monkeypatch):
         return sse, [g * float("nan") for g in grad_w], grad_b
 
     monkeypatch.setattr(bank_fit, "bank_sse_and_grads", poisoned)
-    unit = _training(_mixed_image(), n_levels=1, coarsest_width_factor=1, max_steps=30)
+    unit = _training(mixed_image(), n_levels=1, coarsest_width_factor=1, max_steps=30)
     with pytest.raises(TrainingError, match="diverged at level 0"):
         list(unit.run())
 
 
 def test_a_learning_rate_that_cannot_work_is_refused_before_training():
     with pytest.raises(ConfigError, match="learning_rate"):
-        _training(_mixed_image(), learning_rate=1e6)
+        _training(mixed_image(), learning_rate=1e6)
 
 
 # ---------------------------------------------------------------------------------- pruning
@@ -203,7 +195,7 @@ def test_growth_only_at_level_0():
 def test_a_trained_bank_is_quantised_with_its_weights_on_the_grid():
     from napari_miner.core.quantize import encode_bank
 
-    target = _mixed_image()
+    target = mixed_image()
     unit = _training(target, n_levels=1, max_steps=60, weight_bits=8, target_psnr=30.0)
     list(unit.run())
     level = unit.level
@@ -217,7 +209,7 @@ def test_the_quantisation_aware_fine_tune_brings_the_cost_within_the_budget():
     from napari_miner.core.bank_fit import bank_mse, fine_tune_quantized
     from napari_miner.core.quantize import fake_quantize
 
-    target = _mixed_image()
+    target = mixed_image()
     unit = _training(target, n_levels=1, max_steps=100, target_psnr=40.0)
     list(unit.run())
     bank, coords = unit.level, unit._coords
@@ -267,7 +259,7 @@ def test_blocks_with_a_small_residual_get_narrow_mlps():
 
 
 def test_mlps_that_the_target_can_spare_are_dropped_least_useful_first():
-    target = _mixed_image()
+    target = mixed_image()
     settings = dict(n_levels=1, target_psnr=28.0, max_steps=200)
     unit = _training(target, **settings)
     list(unit.run())
