@@ -22,7 +22,10 @@ from napari_miner.io.progressive import ProgressivePyramid
 if TYPE_CHECKING:
     from napari.layers import Layer
 
-__all__ = ["LayerRefresher", "progressive_pyramid", "supports_progressive"]
+__all__ = ["REFRESHER_KEY", "LayerRefresher", "progressive_pyramid", "supports_progressive"]
+
+REFRESHER_KEY = "napari_miner_refresher"
+"""Key of a progressive layer's :class:`LayerRefresher` in the layer's ``metadata``."""
 
 
 class LayerRefresher(QObject):
@@ -42,7 +45,11 @@ class LayerRefresher(QObject):
         self.ready.connect(self._refresh)
 
     def add_layer(self, layer: Layer) -> None:
-        """Redraw ``layer`` when tiles are ready (held weakly); closes the pyramid with it."""
+        """Redraw ``layer`` when tiles are ready (held weakly); closes the pyramid with it.
+
+        The refresher is also put in the layer's ``metadata`` (:data:`REFRESHER_KEY`).
+        """
+        layer.metadata[REFRESHER_KEY] = self
         self._layers.append(weakref.ref(layer))
         weakref.finalize(layer, self.pyramid.close)
 

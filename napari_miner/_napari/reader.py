@@ -47,6 +47,7 @@ from collections.abc import Callable, Sequence
 from fnmatch import fnmatch
 from typing import TYPE_CHECKING, Any
 
+from napari_miner._napari.progressive_layer import REFRESHER_KEY
 from napari_miner.io.schema import SUFFIX
 
 if TYPE_CHECKING:
@@ -63,10 +64,6 @@ PLUGIN_NAME = "napari-miner"
 
 READER_PATTERN = f"*{SUFFIX}/"
 """The reader preference this plugin adds: any folder whose name ends in ``.miner.zarr``."""
-
-REFRESHER_KEY = "napari_miner_refresher"
-"""Key of the image layer's :class:`~napari_miner._napari.progressive_layer.LayerRefresher` in its
-``metadata`` (progressive pyramids only)."""
 
 METADATA_KEY = "napari_miner"
 """Key of the reader's entry in its layers' ``metadata``: ``{"path", "role", "read_id"}``."""

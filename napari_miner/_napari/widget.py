@@ -38,6 +38,7 @@ from ._plot import PsnrPlot
 from ._results import ResultActions
 from ._settings import SettingsForm
 from ._worker import BlockView, Done, Failed, FitRequest, LevelData, Message, Status
+from .progressive_layer import progressive_pyramid, supports_progressive
 
 if TYPE_CHECKING:
     import napari
@@ -288,7 +289,14 @@ class MinerWidget(QWidget):
         if done.level_data is not None:
             live.show_level(done.level_data.level, done.level_data.data)
         live.show_overlay(done.labels)
-        live.show_final(done.pyramid, done.volume)
+        pyramid, refresher = done.pyramid, None
+        if pyramid is not None and supports_progressive(done.model):
+            # tiles decoded off the main thread, so that browsing the result never freezes
+            progressive, refresher = progressive_pyramid(done.model)
+            pyramid = progressive.levels
+        final = live.show_final(pyramid, done.volume)
+        if refresher is not None and final is not None:
+            refresher.add_layer(final)
         self._show_debug(done.blocks, done.level_data)
         if done.stopped:
             text = f"stopped after {done.progress.elapsed_s:.1f} s: partial model kept"

@@ -14,6 +14,7 @@ from widget_helpers import click as _click
 from widget_helpers import make_widget, wait_idle
 
 from napari_miner import MinerConfig, load
+from napari_miner._napari.progressive_layer import REFRESHER_KEY
 from napari_miner._napari.widget import PBAR_STEPS, MinerWidget
 
 pytestmark = pytest.mark.viewer
@@ -269,6 +270,9 @@ def test_fit_shows_live_levels_overlay_and_final_model(
         np.testing.assert_allclose(layer.translate, [(2**j - 1) / 2] * 2)
     final = viewer.layers["cam · MINER"]
     assert final.multiscale and final.data[0].shape == camera64.shape
+    pyramid = final.metadata[REFRESHER_KEY].pyramid  # tiles decoded in the background
+    np.asarray(final.data[0])
+    assert pyramid.wait_until_idle(30)
     np.testing.assert_array_equal(np.asarray(final.data[0]), model.decode(0))
     assert viewer.layers[-1] is overlay or viewer.layers[-1].name == overlay.name
     # progress line, plot and progress bar
