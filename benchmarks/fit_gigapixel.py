@@ -104,6 +104,36 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def time_io() -> dict[int, dict[str, float]]:
+    """Seconds per level spent reading a tile's inputs and writing its results, from now on.
+
+    Wraps the engine's reads (a tile's target and the coarser estimate under it:
+    ``TileWork._inputs``) and writes (its estimate, ``write_estimate``; its MLPs, quantised,
+    compressed and written: ``StoreWriter.write_tile``).
+    """
+    from napari_miner.fitting import sinks, sources, work
+
+    seconds: dict[int, dict[str, float]] = {}
+
+    def timed(cls: type, name: str, kind: str) -> None:
+        inner = getattr(cls, name)
+
+        def wrapper(self, level, *args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return inner(self, level, *args, **kwargs)
+            finally:
+                per_level = seconds.setdefault(int(level), {"read": 0.0, "write": 0.0})
+                per_level[kind] += time.perf_counter() - started
+
+        setattr(cls, name, wrapper)
+
+    timed(work.TileWork, "_inputs", "read")
+    timed(sources.ZarrTargets, "write_estimate", "write")
+    timed(sinks.StoreWriter, "write_tile", "write")
+    return seconds
+
+
 def fit_one(args: argparse.Namespace) -> dict:
     """Fit one size (in this process) and return the measurements."""
     import torch
@@ -133,6 +163,7 @@ def fit_one(args: argparse.Namespace) -> dict:
     scan_s = time.perf_counter() - scan_started
 
     levels: dict[int, dict] = {}
+    io_seconds = time_io()
     level_started = time.perf_counter()
     run = nm.fit_iter(
         str(image_path), config, device=args.device, store=store, memory_budget=args.memory_budget
@@ -153,6 +184,10 @@ def fit_one(args: argparse.Namespace) -> dict:
                 "mlps": int(event.active_mask.sum()),
                 "blocks": int(event.active_mask.size),
             }
+            spent = io_seconds.get(event.level, {"read": 0.0, "write": 0.0})
+            seconds = max(levels[event.level]["seconds"], 1e-9)
+            levels[event.level]["read_share"] = round(spent["read"] / seconds, 3)
+            levels[event.level]["write_share"] = round(spent["write"] / seconds, 3)
     total_s = time.perf_counter() - started
     model = run.model
     tile_blocks = list(ModelStore.open(store).header.fit["work_tiles"][0])
@@ -223,7 +258,8 @@ def main() -> None:
             f"{result['rss_before_fit_mb']} MB) | scan {result['scan_mpix_per_s']} MP/s | "
             f"targets {result['prepare_s']} s | levels "
             + ", ".join(
-                f"{j}: {v['seconds']} s {v['psnr']} dB"
+                f"{j}: {v['seconds']} s {v['psnr']} dB (I/O: read {v['read_share']:.0%}, "
+                f"write {v['write_share']:.0%})"
                 for j, v in sorted(result["levels"].items(), reverse=True)
             )
             + f" | total {result['total_s']} s | {result['parameters']:,} parameters | store "

@@ -118,6 +118,10 @@ def default_compressor() -> dict[str, Any]:
     return {"id": "blosc", "cname": "zstd", "clevel": 5, "shuffle": 1, "blocksize": 0}
 
 
+FIT_CLEVEL = 1
+"""Blosc level of quantised weights written while fitting (a save writes them at level 9)."""
+
+
 def quantized_compressor() -> dict[str, Any]:
     """Blosc with zstd at its strongest and bit shuffle, for quantised weights (zigzag codes)."""
     return {"id": "blosc", "cname": "zstd", "clevel": 9, "shuffle": 2, "blocksize": 0}

@@ -446,3 +446,28 @@ def test_save_rejects_non_models(tmp_path):
     with pytest.raises(TypeError):
         store.save_model("not a model", tmp_path / "m.miner.zarr")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_fit_writes_weights_fast_and_a_save_compacts_them(tmp_path, monkeypatch):
+    from napari_miner.io.chunks import FIT_CLEVEL
+
+    levels_used = []
+    write = store.write_chunk
+
+    def spy(directory, spec, index, data, durable=False):
+        if directory.name == "params":
+            levels_used.append(spec.compressor["clevel"])
+        write(directory, spec, index, data, durable)
+
+    monkeypatch.setattr(store, "write_chunk", spy)
+    rng = np.random.default_rng(5)
+    image = (rng.random((96, 96)) * 255).astype(np.uint8)
+    config = nm.MinerConfig(n_levels=2, block_size=16, max_steps=20, max_splits=0)
+    fitted = nm.fit(image, config, device="cpu", store=tmp_path / "fit.miner.zarr")
+    assert levels_used and set(levels_used) == {FIT_CLEVEL}
+    levels_used.clear()
+    fitted.save(tmp_path / "saved.miner.zarr")
+    assert levels_used and set(levels_used) == {9}
+    np.testing.assert_array_equal(
+        nm.load(tmp_path / "saved.miner.zarr").decode(0), fitted.decode(0)
+    )
