@@ -15,16 +15,18 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from .blocks import array_from_blocks, local_coordinates
 from .estimate_cache import EstimateCache, shared_cache
 from .fingerprint import model_fingerprint
 from .mlp_bank import bank_decode, bank_forward_chunked
-from .pyramid import upsampled_region
+from .pyramid import halo_bounds, upsampled_region
 
 if TYPE_CHECKING:
     from .model import LevelBank, PyramidModel
@@ -164,22 +166,43 @@ class TiledDecoder:
             return torch.zeros(shape, device=self.device)
         return out
 
+    def prepare(self, level: int, bounds: Bounds) -> None:
+        """Compute the coarser levels under ``bounds`` of ``level`` tile by tile, coarsest first.
+
+        Before a large region is decoded piece by piece: each coarser tile is then computed
+        whole, once, instead of in the slivers that each piece (and its halo) needs.
+        """
+        footprints = []
+        for j in range(level + 1, self.model.n_levels):
+            bounds = halo_bounds(bounds, self.model.levels[j].grid.shape)
+            footprints.append((j, bounds))
+        side = self.side
+        for j, region in reversed(footprints):
+            shape = self.model.levels[j].grid.shape
+            tiles = [range(lo // side, (hi - 1) // side + 1) for lo, hi in region]
+            for index in itertools.product(*tiles):
+                part = [
+                    (max(lo, i * side), min(hi, (i + 1) * side))
+                    for (lo, hi), i in zip(region, index, strict=True)
+                ]
+                self._filled(j, index, shape, part)
+
     def cached(self, level: int, bounds: Bounds) -> torch.Tensor:
-        """The estimate of ``level`` over ``bounds``, assembled from its cached tiles."""
+        """The estimate of ``level`` over ``bounds``, from its cached tiles (filled as needed)."""
         side = self.side
         shape = self.model.levels[level].grid.shape
         tiles = [range(lo // side, (hi - 1) // side + 1) for lo, hi in bounds]
         if math.prod(len(t) for t in tiles) == 1:
             index = tuple(t[0] for t in tiles)
-            tile = self._tile(level, index, shape)
+            tile = self._filled(level, index, shape, bounds)
             return tile[(slice(None),) + self._local(bounds, index)]
         out = torch.empty((self.n_channels, *(hi - lo for lo, hi in bounds)), device=self.device)
         for index in itertools.product(*tiles):
-            tile = self._tile(level, index, shape)
             part = [
                 (max(lo, i * side), min(hi, (i + 1) * side))
                 for (lo, hi), i in zip(bounds, index, strict=True)
             ]
+            tile = self._filled(level, index, shape, part)
             target = tuple(
                 slice(a - lo, b - lo) for (a, b), (lo, _) in zip(part, bounds, strict=True)
             )
@@ -192,8 +215,59 @@ class TiledDecoder:
             slice(lo - i * side, hi - i * side) for (lo, hi), i in zip(bounds, index, strict=True)
         )
 
-    def _tile(self, level: int, index: tuple[int, ...], shape: Sequence[int]) -> torch.Tensor:
-        side = self.side
-        bounds = [(i * side, min((i + 1) * side, s)) for i, s in zip(index, shape, strict=True)]
+    def _filled(
+        self, level: int, index: tuple[int, ...], shape: Sequence[int], bounds: Bounds
+    ) -> torch.Tensor:
+        """Tile ``index`` of ``level``, with at least the blocks under ``bounds`` computed."""
+        side, block = self.side, self.model.config.block_size
+        origin = [i * side for i in index]
+        extent = [min(side, s - o) for o, s in zip(origin, shape, strict=True)]
         key = (self.fingerprint, str(self.device), self.exact, level, index)
-        return self.cache.get(key, lambda: self.estimate(level, bounds).contiguous())
+        tile = self.cache.get(
+            key, lambda: EstimateTile(self.n_channels, extent, block, self.device)
+        )
+        # the whole blocks of the tile under bounds
+        box = [
+            ((lo - o) // block * block, min(-(-(hi - o) // block) * block, e))
+            for (lo, hi), o, e in zip(bounds, origin, extent, strict=True)
+        ]
+        return tile.fill(
+            box,
+            lambda: self.estimate(
+                level, [(o + a, o + b) for (a, b), o in zip(box, origin, strict=True)]
+            ),
+        )
+
+
+class EstimateTile:
+    """One cached tile of a level's estimate, computed block by block as regions need it.
+
+    A region that needs only the edge of a tile (the one-pixel halo of an upsampling) computes
+    the blocks along that edge, not the whole tile; what is computed is kept.
+    """
+
+    def __init__(
+        self, n_channels: int, extent: Sequence[int], block: int, device: torch.device
+    ) -> None:
+        self.values = torch.zeros((n_channels, *extent), device=device)
+        self.block = block
+        self.valid = np.zeros([-(-e // block) for e in extent], dtype=bool)
+        self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the tile's values."""
+        return self.values.element_size() * self.values.numel()
+
+    def fill(self, box: list[tuple[int, int]], compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The tile's values, once the blocks of ``box`` (tile pixels) are computed.
+
+        ``compute()`` gives the estimate over ``box``; it is called only if a block of the box
+        is missing.
+        """
+        blocks = tuple(slice(a // self.block, -(-b // self.block)) for a, b in box)
+        with self._lock:
+            if not self.valid[blocks].all():
+                self.values[(slice(None),) + tuple(slice(a, b) for a, b in box)] = compute()
+                self.valid[blocks] = True
+        return self.values

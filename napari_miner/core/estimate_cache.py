@@ -13,8 +13,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-
-import torch
+from typing import Any
 
 __all__ = ["DEFAULT_CACHE_BYTES", "EstimateCache", "shared_cache"]
 
@@ -34,7 +33,7 @@ class EstimateCache:
 
     def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self.max_bytes = int(max_bytes)
-        self._tiles: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
+        self._tiles: OrderedDict[Hashable, Any] = OrderedDict()
         self._pending: dict[Hashable, threading.Event] = {}
         self._bytes = 0
         self._lock = threading.Lock()
@@ -56,8 +55,10 @@ class EstimateCache:
             self._bytes = 0
             self.hits = self.misses = 0
 
-    def get(self, key: Hashable, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def get(self, key: Hashable, compute: Callable[[], Any]) -> Any:
         """The tile of ``key``, from the cache or from ``compute()`` (then kept).
+
+        A tile is anything with ``nbytes`` (a tensor, or a tile that fills itself).
 
         A thread asking for a key that another thread is computing waits for that result.
         """
@@ -82,14 +83,14 @@ class EstimateCache:
                 self._pending.pop(key).set()
         return tile
 
-    def _keep(self, key: Hashable, tile: torch.Tensor) -> None:
-        size = tile.element_size() * tile.numel()
+    def _keep(self, key: Hashable, tile: Any) -> None:
+        size = int(tile.nbytes)
         with self._lock:
             self._tiles[key] = tile
             self._bytes += size
             while self._bytes > self.max_bytes and len(self._tiles) > 1:
                 _, old = self._tiles.popitem(last=False)
-                self._bytes -= old.element_size() * old.numel()
+                self._bytes -= int(old.nbytes)
 
 
 _SHARED = EstimateCache()

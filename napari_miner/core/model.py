@@ -263,6 +263,7 @@ class PyramidModel:
             if channel_axis is not None:
                 shape.insert(channel_axis, self.layout.n_channels)
             out = np.empty(shape, dtype=self.dtype)
+            decoder.prepare(level, bounds)
             for piece in pieces:  # tile by tile: every intermediate stays small
                 index = [
                     slice(a - lo, b - lo) for (a, b), (lo, _) in zip(piece, bounds, strict=True)

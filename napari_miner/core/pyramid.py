@@ -94,6 +94,19 @@ def reconstruct(residuals: Sequence[torch.Tensor]) -> torch.Tensor:
     return estimate
 
 
+def halo_bounds(
+    bounds: Sequence[tuple[int, int]], parent_shape: Sequence[int]
+) -> list[tuple[int, int]]:
+    """The coarser level's pixels that ×2 upsampling over ``bounds`` reads: under them, plus one.
+
+    Half-open ranges per axis, clipped to ``parent_shape``.
+    """
+    return [
+        (max(lo // 2 - 1, 0), min(-(-hi // 2) + 1, int(s)))
+        for (lo, hi), s in zip(bounds, parent_shape, strict=True)
+    ]
+
+
 def upsampled_region(
     read_parent: Callable[[list[tuple[int, int]]], torch.Tensor],
     parent_shape: Sequence[int],
@@ -106,10 +119,7 @@ def upsampled_region(
     which is what bilinear/trilinear upsampling needs for the result to equal the same crop of the
     whole level upsampled.
     """
-    parent_bounds = [
-        (max(lo // 2 - 1, 0), min(-(-hi // 2) + 1, int(s)))
-        for (lo, hi), s in zip(bounds, parent_shape, strict=True)
-    ]
+    parent_bounds = halo_bounds(bounds, parent_shape)
     parent = read_parent(parent_bounds)
     up = upsample(parent, [2 * (hi - lo) for lo, hi in parent_bounds])
     crop = tuple(

@@ -166,3 +166,17 @@ def test_a_changed_model_never_decodes_stale_tiles() -> None:
     expected = model.layout.denormalize(reference_estimate(model, 0))
     assert not np.array_equal(before, after)
     assert np.abs(after.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_a_region_computes_only_the_coarser_blocks_it_needs() -> None:
+    model = random_model((1024, 1024), 1)
+    cache = EstimateCache()
+    decoder = TiledDecoder(model, torch.device("cpu"), cache)
+    got = decoder.estimate(0, [(512, 544), (512, 544)])  # one block, next to tile corners
+    tiles = list(cache._tiles.values())
+    level1 = [t for key, t in cache._tiles.items() if key[3] == 1]
+    assert level1 and all(0 < t.valid.sum() < t.valid.size for t in level1)
+    # level 1 pixels 255..272 (the block and its one-pixel halo): 16-pixel blocks 15..17 per axis
+    assert sum(t.valid.sum() for t in level1) == 9
+    expected = reference_estimate(model, 0)[:, 512:544, 512:544]
+    assert torch.allclose(got, expected, atol=1e-5) and tiles
