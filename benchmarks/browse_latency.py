@@ -93,18 +93,25 @@ def main() -> None:
     width, height = (int(v) for v in args.size.split("x"))
     viewer.window._qt_window.resize(width, height)
     app = napari.qt.get_qapp()
+    heartbeat = Heartbeat()
+    opened = time.perf_counter()
     (_, _, _), (data, kwargs, _) = model_layer_data(model, "browse")
     layer = viewer.add_image(data, **kwargs)
     refresher = kwargs["metadata"][REFRESHER_KEY]
     refresher.add_layer(layer)
     pyramid = refresher.pyramid
-    heartbeat = Heartbeat()
-    settle(app, pyramid, refresher)
+    shown = settle(app, pyramid, refresher)
+    open_row = (
+        "open (whole image)",
+        layer.data_level,
+        heartbeat.longest_gap(opened, shown),
+        shown - opened,
+    )
 
     h, w = model.level_shape(0)
     canvas = viewer.window._qt_viewer.canvas.size
     rng = np.random.default_rng(0)
-    rows: list[tuple[str, int, float, float]] = []
+    rows: list[tuple[str, int, float, float]] = [open_row]
 
     def interact(what: str, action) -> None:
         start = time.perf_counter()

@@ -238,11 +238,12 @@ def model_layer_data(model: Any, name: str) -> list[LayerData]:
     }
     from napari_miner._napari.progressive_layer import progressive_pyramid, supports_progressive
 
-    pyramid: Any = model.as_pyramid()
     if supports_progressive(model):  # tiles decoded off the main thread, visible ones first
         progressive, refresher = progressive_pyramid(model)
-        pyramid = progressive.levels
+        pyramid: Any = progressive.levels
         image_kwargs["metadata"] = {REFRESHER_KEY: refresher}
+    else:  # napari splits the channels: lazy dask arrays, which slice lazily
+        pyramid = model.as_pyramid()
     return [
         (labels, labels_kwargs, "labels"),
         (pyramid, image_kwargs, "image"),

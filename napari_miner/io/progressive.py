@@ -82,7 +82,7 @@ class ProgressivePyramid:
         ]
         self._cache: OrderedDict[ChunkKey, np.ndarray] = OrderedDict()
         self._cache_bytes, self._cached = int(cache_bytes), 0
-        self._fingerprint = model_fingerprint(model)
+        self._fingerprint: str | None = None  # hashed in the background thread, first
         self._queue: list[ChunkKey] = []
         self._visible: set[ChunkKey] = set()
         self._busy: ChunkKey | None = None
@@ -227,7 +227,9 @@ class ProgressivePyramid:
 
     # ------------------------------------------------------------------------------- cache
     def _check_model(self) -> None:
-        fingerprint = model_fingerprint(self.model)
+        if self._fingerprint is None:  # not known yet: nothing is decoded yet either
+            return
+        fingerprint = model_fingerprint(self.model)  # cached while the model is unchanged
         if fingerprint != self._fingerprint:  # the model changed: nothing decoded is valid
             with self._wake:
                 self._cache.clear()
@@ -241,7 +243,7 @@ class ProgressivePyramid:
                 self._cache.move_to_end(key)
             return values
 
-    def _keep(self, key: ChunkKey, values: np.ndarray, fingerprint: str) -> None:
+    def _keep(self, key: ChunkKey, values: np.ndarray, fingerprint: str | None) -> None:
         with self._wake:
             if fingerprint != self._fingerprint:
                 return
@@ -287,6 +289,10 @@ class ProgressivePyramid:
             self._thread.join(timeout=30)
 
     def _run(self) -> None:
+        fingerprint = model_fingerprint(self.model)  # hashing a large in-memory model takes a while
+        with self._wake:
+            if self._fingerprint is None:
+                self._fingerprint = fingerprint
         while True:
             with self._wake:
                 self._wake.wait_for(lambda: self._closed or self._queue)
