@@ -181,25 +181,31 @@ class StoredLevel:
         """MLPs of the given flat block indices of this bank (see ``LevelBank.gather``)."""
         ids = block_ids.cpu().numpy().astype(np.int64, copy=False)
         coords = np.unravel_index(ids, self.grid.grid_shape)
-        tiles = np.stack([c // t for c, t in zip(coords, self.tile_blocks, strict=True)], axis=1)
+        tile_grid = [
+            -(-g // t) for g, t in zip(self.grid.grid_shape, self.tile_blocks, strict=True)
+        ]
+        tiles = np.ravel_multi_index(
+            tuple(c // t for c, t in zip(coords, self.tile_blocks, strict=True)), tile_grid
+        )
         present = np.zeros(ids.shape[0], dtype=bool)
-        rows = np.zeros((ids.shape[0], self._per_mlp), dtype=np.float32)
-        if ids.size:
-            keys, inverse = np.unique(tiles, axis=0, return_inverse=True)
-            inverse = inverse.reshape(-1)
-            for k, key in enumerate(keys):
-                index = tuple(int(i) for i in key)
-                if index not in self._tiles.records:
-                    continue
-                tile_ids, tile_params = self._tiles.tile(index)[self.bank]
-                members = np.nonzero(inverse == k)[0]
-                if not tile_ids.size:
-                    continue
-                at = np.searchsorted(tile_ids, ids[members]).clip(max=tile_ids.size - 1)
-                hit = tile_ids[at] == ids[members]
-                present[members[hit]] = True
-                rows[members[hit]] = tile_params[at[hit]]
-        packed = torch.from_numpy(rows[present])
+        found: list[tuple[np.ndarray, np.ndarray]] = []  # (positions in ids, rows), per tile
+        for flat in np.unique(tiles):
+            index = tuple(int(i) for i in np.unravel_index(flat, tile_grid))
+            if index not in self._tiles.records:
+                continue
+            tile_ids, tile_params = self._tiles.tile(index)[self.bank]
+            if not tile_ids.size:
+                continue
+            members = np.flatnonzero(tiles == flat)
+            at = np.searchsorted(tile_ids, ids[members]).clip(max=tile_ids.size - 1)
+            hit = tile_ids[at] == ids[members]
+            present[members[hit]] = True
+            found.append((members[hit], tile_params[at[hit]]))
+        rows = np.empty((int(present.sum()), self._per_mlp), dtype=np.float32)
+        rank = np.cumsum(present) - 1  # row of each present id, in the order of ids
+        for members, params in found:
+            rows[rank[members]] = params
+        packed = torch.from_numpy(rows)
         weights, biases = unpack_bank(packed, self._sizes)
         return (
             torch.from_numpy(present),
