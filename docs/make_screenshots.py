@@ -212,6 +212,37 @@ def debug_screenshots(viewer, widget, args: argparse.Namespace) -> int:
     return 0
 
 
+def browse_screenshots(viewer, args: argparse.Namespace) -> int:
+    """Open a saved model, zoom in to level 0: the view while tiles decode, and once they have."""
+    from napari_miner._napari.progressive_layer import REFRESHER_KEY
+
+    layers = viewer.open(str(args.browse), plugin="napari-miner")
+    image = layers[-1]
+    refresher = image.metadata[REFRESHER_KEY]
+    pyramid = refresher.pyramid
+
+    def settled() -> bool:
+        return pyramid.last_complete and not pyramid.pending() and not refresher.queued
+
+    viewer.reset_view()
+    _process_until(settled, 60)
+    h, w = image.data[0].shape[:2]
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    camera.zoom = 2.0  # zoomed in at the centre: level 0
+    camera.center = (h * 0.42, w * 0.55)
+    _process_until(lambda: image.data_level == 0, 10)
+    _process_until(lambda: False, 0.15)  # some tiles decoded, others still stand-ins
+    path = args.out / "browse-loading.png"
+    viewer.screenshot(path=str(path), canvas_only=True, flash=False)
+    print(f"saved {path} (complete: {pyramid.last_complete})")
+    _process_until(settled, 60)
+    _process_until(lambda: False, 0.3)
+    path = args.out / "browse-done.png"
+    viewer.screenshot(path=str(path), canvas_only=True, flash=False)
+    print(f"saved {path} (complete: {pyramid.last_complete})")
+    return 0
+
+
 def _save(viewer, widget, path: Path, t0: float) -> None:
     """Screenshot the whole window (dock included) and report it."""
     viewer.screenshot(path=str(path), canvas_only=False, flash=False)
@@ -232,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--debug", action="store_true", help="the debugging views (debug_*.png), mid-fit"
     )
+    parser.add_argument(
+        "--browse", type=Path, help="a saved model: browsing it (browse-*.png), no fit"
+    )
     args = parser.parse_args(argv)
     if needs_virtual_display():
         _reexec_under_xvfb()
@@ -249,6 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     from napari_miner._napari.widget import MinerWidget
 
     viewer = napari.Viewer(title="napari-miner: MINER fit")
+    if args.browse is not None:
+        viewer.window._qt_window.resize(1100, 800)
+        args.out.mkdir(parents=True, exist_ok=True)
+        return browse_screenshots(viewer, args)
     if not args.volume and not args.zarr:
         viewer.open_sample("napari-miner", "astronaut")
     widget = MinerWidget(viewer)

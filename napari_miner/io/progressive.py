@@ -2,8 +2,8 @@
 
 :class:`ProgressivePyramid` gives one array-like per level (the model's levels, then coarser
 overview levels down to ``min_side``, the shapes of :func:`~napari_miner.io.lazy.dask_pyramid`).
-Indexing one returns at once: the chunks already decoded, and for the others a stand-in (the next
-coarser level's chunk enlarged, if that one is decoded, else zeros), while a background thread
+Indexing one returns at once: the chunks already decoded, and for the others a stand-in (the
+nearest coarser level decoded there, enlarged, else zeros), while a background thread
 decodes the missing chunks. The chunks of the latest request come first, then their neighbours and
 the chunks of the next coarser level under them (prefetch); requests that are no longer on screen
 are dropped. Decoded chunks are kept in a bounded least-recently-used cache, emptied when the
@@ -172,28 +172,30 @@ class ProgressivePyramid:
         out[tuple(dst)] = values[tuple(src)]
 
     def _stand_in(self, key: ChunkKey) -> np.ndarray | None:
-        """The next coarser level's decoded values under a chunk, enlarged ×2, if decoded."""
+        """The nearest coarser level decoded under a chunk, enlarged (``None`` if there is none)."""
         level, _ = key
-        if level + 1 >= len(self.shapes):
-            return None
         bounds = self._bounds(key)
-        parent = [slice(b.start // 2, -(-b.stop // 2)) for b in bounds]
-        parent_keys = [(level + 1, index) for index in self._chunks(level + 1, parent)]
-        pieces = [(k, self._cached_chunk(k, touch=False)) for k in parent_keys]
-        if any(values is None for _, values in pieces):
-            return None
-        coarse = np.zeros(self._with_channels([p.stop - p.start for p in parent]), self.dtype)
-        for k, values in pieces:
-            self._copy(coarse, parent, self._bounds(k), values)
-        for axis in self._spatial_axes():
-            coarse = np.repeat(coarse, 2, axis=axis)
-        crop = [
-            slice(b.start - 2 * p.start, b.stop - 2 * p.start)
-            for b, p in zip(bounds, parent, strict=True)
-        ]
-        if self.channel_axis is not None:
-            crop.insert(self.channel_axis, slice(None))
-        return coarse[tuple(crop)]
+        for coarser in range(level + 1, len(self.shapes)):
+            factor = 2 ** (coarser - level)
+            parent = [slice(b.start // factor, -(-b.stop // factor)) for b in bounds]
+            keys = [(coarser, index) for index in self._chunks(coarser, parent)]
+            pieces = [(k, self._cached_chunk(k, touch=False)) for k in keys]
+            if any(values is None for _, values in pieces):
+                continue
+            spans = [p.stop - p.start for p in parent]
+            coarse = np.zeros(self._with_channels(spans), self.dtype)
+            for k, values in pieces:
+                self._copy(coarse, parent, self._bounds(k), values)
+            for axis in self._spatial_axes():
+                coarse = np.repeat(coarse, factor, axis=axis)
+            crop = [
+                slice(b.start - factor * p.start, b.stop - factor * p.start)
+                for b, p in zip(bounds, parent, strict=True)
+            ]
+            if self.channel_axis is not None:
+                crop.insert(self.channel_axis, slice(None))
+            return coarse[tuple(crop)]
+        return None
 
     def _spatial_axes(self) -> list[int]:
         ndim = len(self.shapes[0]) + (self.channel_axis is not None)

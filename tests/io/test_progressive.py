@@ -147,3 +147,16 @@ def test_close_stops_the_thread(rgb_model):
     p.levels[0][...]
     p.close()
     assert not p._thread.is_alive()
+
+
+def test_missing_tiles_stand_in_as_any_coarser_level_decoded(rgb_model, pyramid):
+    p = pyramid(chunk_side=32)
+    p.levels[2][...]  # only level 2 decoded
+    assert p.wait_until_idle(60)
+    with p._wake:
+        p._closed = True  # keep the background thread from decoding what is asked below
+        p._wake.notify_all()
+    p._cache = type(p._cache)((k, v) for k, v in p._cache.items() if k[0] == 2)
+    shown = p.levels[0][0:64, 0:64]
+    coarse = rgb_model.decode(2, (slice(0, 16), slice(0, 16)))
+    np.testing.assert_array_equal(shown, coarse.repeat(4, axis=0).repeat(4, axis=1))
