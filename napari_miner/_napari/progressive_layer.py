@@ -3,7 +3,7 @@
 napari slices a multiscale layer on the main thread (unless its experimental asynchronous slicing
 is on), so a layer backed by decoding on demand would freeze the viewer for as long as the visible
 tiles take to decode. A :class:`~napari_miner.io.progressive.ProgressivePyramid` answers at once
-(tiles not decoded yet stand in as the coarser level enlarged, or zeros) and decodes them in a
+(tiles not decoded yet stand in as the nearest coarser level decoded, enlarged) and decodes them in a
 background thread, visible tiles first; :class:`LayerRefresher` then redraws the layer on the main
 thread whenever tiles of the current view are ready (at most one redraw queued at a time, so a
 burst of tiles costs one redraw).
