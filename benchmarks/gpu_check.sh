@@ -39,6 +39,9 @@ if wants volumes; then
 fi
 if wants decode; then
     python3 benchmarks/decode_throughput.py --device cuda 2>&1 | tee "$OUT/decode_cuda.log" | tail -12
+    # issue 13: a 4096² model whose blocks are mostly active (the 1 GP/s target)
+    python3 benchmarks/decode_throughput.py --device cuda --image astronaut --max-steps 40 \
+        --tile 8 --repeats 3 2>&1 | tee "$OUT/decode_cuda_4096.log" | tail -26
 fi
 if wants gigapixel; then
     work=/tmp/napari-miner-gigapixel

@@ -102,6 +102,7 @@ def test_split_bounds_follow_the_tile_grid() -> None:
     pieces = list(split_bounds([(10, 600), (0, 256)], 256))
     assert pieces == [[(10, 256), (0, 256)], [(256, 512), (0, 256)], [(512, 600), (0, 256)]]
     assert tile_side(32, 2) == 256 and tile_side(32, 3) == 64 and tile_side(24, 2) == 240
+    assert tile_side(32, 2, "cuda") == 2048 and tile_side(32, 3, "cuda") == 256
 
 
 def test_neighbouring_regions_share_their_coarser_tiles() -> None:
