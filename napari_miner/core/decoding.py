@@ -29,7 +29,7 @@ from .mlp_bank import bank_decode, bank_forward_chunked
 from .pyramid import halo_bounds, upsampled_region
 
 if TYPE_CHECKING:
-    from .model import LevelBank, PyramidModel
+    from .level_bank import LevelBank, LevelModel
 
 __all__ = ["Bounds", "TiledDecoder", "add_residual", "split_bounds", "tile_side"]
 
@@ -122,7 +122,7 @@ class TiledDecoder:
 
     Parameters
     ----------
-    model : PyramidModel
+    model : LevelModel
         The model to decode.
     device : torch.device
         Where to evaluate the MLPs and keep the cached tiles.
@@ -134,7 +134,7 @@ class TiledDecoder:
 
     def __init__(
         self,
-        model: PyramidModel,
+        model: LevelModel,
         device: torch.device,
         cache: EstimateCache | None = None,
         exact: bool = False,

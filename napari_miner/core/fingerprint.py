@@ -15,40 +15,38 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from .model import PyramidModel
+    from .level_bank import LevelModel
 
 __all__ = ["model_fingerprint"]
 
 _FINGERPRINTS: weakref.WeakKeyDictionary[Any, tuple[tuple, str]] = weakref.WeakKeyDictionary()
 
 
-def _tensors(model: PyramidModel) -> list[torch.Tensor]:
-    from .model import LevelParams
+def _is_stored(level: Any) -> bool:
+    """Whether a level is read from a store (it then names its identity: ``fingerprint()``)."""
+    return callable(getattr(level, "fingerprint", None))
 
+
+def _tensors(model: LevelModel) -> list[torch.Tensor]:
     banks = [
-        bank
-        for level in model.levels
-        if isinstance(level, LevelParams)
-        for bank in (level, *level.extra)
+        bank for level in model.levels if not _is_stored(level) for bank in (level, *level.extra)
     ]
     return [t for bank in banks for t in (bank.block_ids, *bank.weights, *bank.biases)]
 
 
-def _stored_tokens(model: PyramidModel) -> list[str]:
+def _stored_tokens(model: LevelModel) -> list[str]:
     """Identity of the levels read from a store: its path and its tile records (checksums)."""
-    from .model import LevelParams
-
-    return [level.fingerprint() for level in model.levels if not isinstance(level, LevelParams)]
+    return [level.fingerprint() for level in model.levels if _is_stored(level)]
 
 
-def _state(model: PyramidModel) -> tuple:
+def _state(model: LevelModel) -> tuple:
     """Cheap token that changes when a tensor is replaced or modified in place (torch ops)."""
     tensors = tuple((id(t), t._version) for t in _tensors(model))
     stored = tuple(id(level) for level in model.levels)
     return (id(model.layout), id(model.config), len(model.levels), tensors, stored)
 
 
-def model_fingerprint(model: PyramidModel) -> str:
+def model_fingerprint(model: LevelModel) -> str:
     """Hex digest of everything that determines what ``model`` decodes to.
 
     Hashes the layout, the config, every level's grid, block indices, weights and biases. The

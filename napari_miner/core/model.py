@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,48 +14,9 @@ from .config import MinerConfig
 from .decoding import TiledDecoder
 from .errors import InvalidInputError
 from .layout import InputLayout
+from .level_bank import LevelBank
 from .mlp_bank import count_parameters
 from .pyramid import level_shapes
-
-
-@runtime_checkable
-class LevelBank(Protocol):
-    """What decoding needs of one pyramid level: its grid and the MLPs of any set of blocks.
-
-    A level's main bank (blocks of ``config.block_size``) is the level object itself; ``extra``
-    holds its further banks (the finer blocks that capacity growth adds where the error is, see
-    :mod:`napari_miner.core.banks`), each a bank of its own grid; decoding adds them all up.
-    :class:`LevelParams` holds a level in memory; the model store provides levels that are read
-    tile by tile on demand (:mod:`napari_miner.io.stored_level`).
-    """
-
-    grid: BlockGrid
-    stats: dict[str, Any]
-    extra: tuple[LevelBank, ...]
-
-    @property
-    def n_mlps(self) -> int:
-        """Number of MLPs of the level (every bank)."""
-        ...
-
-    @property
-    def n_parameters(self) -> int:
-        """Every weight and bias of the level (every bank)."""
-        ...
-
-    def active_mask(self) -> np.ndarray:
-        """Boolean mask over the (main) block grid of the blocks with an MLP in any bank."""
-        ...
-
-    def gather(
-        self, block_ids: torch.Tensor
-    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        """MLPs of the given flat block indices.
-
-        Returns a boolean tensor (which of ``block_ids`` hold an MLP) and the weights and biases of
-        those blocks, in the order of ``block_ids``, on the CPU. Only this bank's MLPs.
-        """
-        ...
 
 
 def pooled_mask(bank: LevelBank, grid: BlockGrid) -> np.ndarray:
