@@ -110,14 +110,33 @@ def array_from_blocks(
     blocks: torch.Tensor, grid_shape: Sequence[int], block_size: int
 ) -> torch.Tensor:
     """Inverse of :func:`blocks_from_array`: ``(n, C, b**ndim)`` to ``(C, *(grid * b))``."""
-    ndim = len(grid_shape)
     c = blocks.shape[1]
-    x = blocks.reshape(*grid_shape, c, *([block_size] * ndim))
+    return _in_place(blocks, grid_shape, block_size).reshape(
+        c, *(g * block_size for g in grid_shape)
+    )
+
+
+def _in_place(blocks: torch.Tensor, grid_shape: Sequence[int], block_size: int) -> torch.Tensor:
+    """``(n, C, b**ndim)`` blocks as a ``(C, g0, b, g1, b, ...)`` view, each where it lies."""
+    ndim = len(grid_shape)
+    x = blocks.reshape(*grid_shape, blocks.shape[1], *([block_size] * ndim))
     # axes: g0..g{n-1}, C, b0..b{n-1} -> C, g0, b0, g1, b1, ...
     order = [ndim]
     for i in range(ndim):
         order += [i, ndim + 1 + i]
-    return x.permute(order).reshape(c, *(g * block_size for g in grid_shape))
+    return x.permute(order)
+
+
+def add_blocks(
+    out: torch.Tensor, blocks: torch.Tensor, grid_shape: Sequence[int], block_size: int
+) -> torch.Tensor:
+    """Add ``(n, C, b**ndim)`` blocks into a contiguous ``(C, *(grid * b))`` ``out``, in place.
+
+    :func:`array_from_blocks` added to ``out`` without assembling the array first.
+    """
+    placed = _in_place(blocks, grid_shape, block_size)
+    out.view(placed.shape).add_(placed)
+    return out
 
 
 def local_coordinates(

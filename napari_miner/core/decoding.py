@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .blocks import array_from_blocks, local_coordinates
+from .blocks import add_blocks, array_from_blocks, local_coordinates
 from .estimate_cache import EstimateCache, shared_cache
 from .fingerprint import model_fingerprint
 from .mlp_bank import bank_decode, bank_forward_chunked
@@ -93,12 +92,7 @@ def add_residual(
     )
     if out is not None and aligned and out.is_contiguous():
         # add the blocks where they lie, without assembling the bank's image first
-        ndim = grid.ndim
-        blocks = values.view(*sub_grid, n_channels, *([b] * ndim))
-        order = [ndim] + [i for axis in range(ndim) for i in (axis, ndim + 1 + axis)]
-        split = [n_channels] + [v for g in sub_grid for v in (g, b)]
-        out.view(split).add_(blocks.permute(order))
-        return out
+        return add_blocks(out, values, sub_grid, b)
     array = array_from_blocks(values, sub_grid, b)
     crop = tuple(
         slice(lo - r0 * b, hi - r0 * b) for (lo, hi), (r0, _) in zip(bounds, ranges, strict=True)
@@ -181,38 +175,32 @@ class TiledDecoder:
         for j in range(level + 1, self.model.n_levels):
             bounds = halo_bounds(bounds, self.model.levels[j].grid.shape)
             footprints.append((j, bounds))
-        side = self.side
         for j, region in reversed(footprints):
             shape = self.model.levels[j].grid.shape
-            tiles = [range(lo // side, (hi - 1) // side + 1) for lo, hi in region]
-            for index in itertools.product(*tiles):
-                part = [
-                    (max(lo, i * side), min(hi, (i + 1) * side))
-                    for (lo, hi), i in zip(region, index, strict=True)
-                ]
-                self._filled(j, index, shape, part)
+            for part in self.pieces(region):
+                self._filled(j, self._index(part), shape, part)
 
     def cached(self, level: int, bounds: Bounds) -> torch.Tensor:
         """The estimate of ``level`` over ``bounds``, from its cached tiles (filled as needed)."""
-        side = self.side
         shape = self.model.levels[level].grid.shape
-        tiles = [range(lo // side, (hi - 1) // side + 1) for lo, hi in bounds]
-        if math.prod(len(t) for t in tiles) == 1:
-            index = tuple(t[0] for t in tiles)
+        parts = list(self.pieces(bounds))
+        if len(parts) == 1:
+            index = self._index(bounds)
             tile = self._filled(level, index, shape, bounds)
             return tile[(slice(None),) + self._local(bounds, index)]
         out = torch.empty((self.n_channels, *(hi - lo for lo, hi in bounds)), device=self.device)
-        for index in itertools.product(*tiles):
-            part = [
-                (max(lo, i * side), min(hi, (i + 1) * side))
-                for (lo, hi), i in zip(bounds, index, strict=True)
-            ]
+        for part in parts:
+            index = self._index(part)
             tile = self._filled(level, index, shape, part)
             target = tuple(
                 slice(a - lo, b - lo) for (a, b), (lo, _) in zip(part, bounds, strict=True)
             )
             out[(slice(None),) + target] = tile[(slice(None),) + self._local(part, index)]
         return out
+
+    def _index(self, piece: Bounds) -> tuple[int, ...]:
+        """The tile a piece of :meth:`pieces` lies in."""
+        return tuple(lo // self.side for lo, _ in piece)
 
     def _local(self, bounds: Bounds, index: tuple[int, ...]) -> tuple[slice, ...]:
         side = self.side
