@@ -15,6 +15,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from napari.utils.notifications import show_warning
 from qtpy.QtCore import QObject, Signal
 
 from napari_miner.io.progressive import ProgressivePyramid
@@ -66,6 +67,9 @@ class LayerRefresher(QObject):
 
     def _refresh(self) -> None:
         self._queued.clear()
+        while self.pyramid.errors:  # tiles that could not be decoded: say so, once each
+            error = self.pyramid.errors.pop(0)
+            show_warning(f"napari-miner: a tile could not be decoded and stays blurred: {error}")
         if not self._layers:
             self._find_layers()
         for ref in list(self._layers):
@@ -73,6 +77,11 @@ class LayerRefresher(QObject):
             if layer is None:
                 self._layers.remove(ref)
             else:
+                # napari 0.9 reads a multiscale layer's coarsest level (its thumbnail level) once
+                # and keeps it: forget it, or the stand-ins it first got would show for good
+                forget = getattr(layer, "_reset_thumbnail_level_data", None)
+                if forget is not None:
+                    forget()
                 layer.refresh()
                 self.refreshes += 1
 

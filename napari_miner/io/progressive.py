@@ -9,7 +9,9 @@ the chunks of the next coarser level under them (prefetch); requests that are no
 are dropped. Decoded chunks are kept in a bounded least-recently-used cache, emptied when the
 model changes (its fingerprint). ``on_ready`` is called (from the background thread) when a chunk
 of the latest request is ready, so that a viewer can redraw: the napari reader connects it to
-``layer.refresh`` on the main thread.
+``layer.refresh`` on the main thread. A chunk that fails to decode (a damaged store tile) keeps
+its stand-in and is not tried again until the model changes; its error is added to ``errors``
+and ``on_ready`` is called, so that the viewer can report it.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class ProgressivePyramid:
         self._queue: list[ChunkKey] = []
         self._visible: set[ChunkKey] = set()
         self._busy: ChunkKey | None = None
+        self._failed: set[ChunkKey] = set()  # not tried again until the model changes
         self._closed = False
         self._wake = threading.Condition()
         self.last_complete = True
@@ -101,10 +104,7 @@ class ProgressivePyramid:
 
     def decoded_shape(self, level: int) -> tuple[int, ...]:
         """Array shape of ``level``: its spatial shape with the input's channel axis."""
-        shape = list(self.shapes[level])
-        if self.channel_axis is not None:
-            shape.insert(self.channel_axis, self.model.layout.n_channels)
-        return tuple(shape)
+        return tuple(self._with_channels(list(self.shapes[level])))
 
     @property
     def dtype(self) -> np.dtype:
@@ -140,10 +140,7 @@ class ProgressivePyramid:
         """
         self._check_model()
         keys = [(level, index) for index in self._chunks(level, region)]
-        shape = [r.stop - r.start for r in region]
-        if self.channel_axis is not None:
-            shape.insert(self.channel_axis, self.model.layout.n_channels)
-        out = np.zeros(shape, dtype=self.dtype)
+        out = np.zeros(self._with_channels([r.stop - r.start for r in region]), self.dtype)
         missing = []
         for key in keys:
             values = self._cached_chunk(key)
@@ -235,6 +232,7 @@ class ProgressivePyramid:
         if fingerprint != self._fingerprint:  # the model changed: nothing decoded is valid
             with self._wake:
                 self._cache.clear()
+                self._failed.clear()
                 self._cached = 0
                 self._fingerprint = fingerprint
 
@@ -266,13 +264,13 @@ class ProgressivePyramid:
             self._visible = set(view)
             queue = list(missing)
             queue += [k for k in prefetch if k not in self._cache and k not in self._visible]
-            self._queue = queue
+            self._queue = [k for k in queue if k not in self._failed]
             self._wake.notify_all()
 
     def pending(self) -> int:
-        """Chunks of the latest request not decoded yet (queued or being decoded)."""
+        """Chunks of the latest request not decoded yet (queued or being decoded; not failed)."""
         with self._wake:
-            return sum(1 for k in self._visible if k not in self._cache)
+            return sum(1 for k in self._visible if k not in self._cache and k not in self._failed)
 
     def wait_until_idle(self, timeout: float | None = None) -> bool:
         """Wait until nothing is queued or being decoded; whether that happened in time."""
@@ -308,7 +306,9 @@ class ProgressivePyramid:
             try:
                 self._keep(key, self._decode(key), fingerprint)
             except Exception as error:  # noqa: BLE001 - kept for the viewer to report
-                self.errors.append(error)
+                with self._wake:
+                    self._failed.add(key)
+                    self.errors.append(error)
             finally:
                 with self._wake:
                     self._busy = None

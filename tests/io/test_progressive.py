@@ -160,3 +160,18 @@ def test_missing_tiles_stand_in_as_any_coarser_level_decoded(rgb_model, pyramid)
     shown = p.levels[0][0:64, 0:64]
     coarse = rgb_model.decode(2, (slice(0, 16), slice(0, 16)))
     np.testing.assert_array_equal(shown, coarse.repeat(4, axis=0).repeat(4, axis=1))
+
+
+def test_a_chunk_that_fails_is_not_tried_again(rgb_model, pyramid):
+    p = pyramid(chunk_side=32)
+    tried = []
+
+    def broken(key):
+        tried.append(key)
+        raise RuntimeError("damaged tile")
+
+    p._decode = broken
+    for _ in range(3):  # the view asked for again and again, as a viewer redrawing does
+        p.levels[0][0:8, 0:8]
+        assert p.wait_until_idle(60)
+    assert tried.count((0, (0, 0))) == 1 and p.pending() == 0 and not p.last_complete
