@@ -50,6 +50,7 @@ class LayerRefresher(QObject):
 
         The refresher is also put in the layer's ``metadata`` (:data:`REFRESHER_KEY`).
         """
+        layer = getattr(layer, "__wrapped__", layer)  # the layer behind a plugin's viewer proxy
         layer.metadata[REFRESHER_KEY] = self
         self._layers.append(weakref.ref(layer))
         weakref.finalize(layer, self.pyramid.close)
